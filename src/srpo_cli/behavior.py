@@ -1,0 +1,75 @@
+"""Stage 1: fit the diffusion behavior model mu(a|s) by eps-prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .data import Transitions
+from .diffusion import ScoreNet, VPSchedule, eps_loss
+from .training import Stage, fit
+
+FILE_NAME = "behavior.safetensors"
+
+
+def optim_kwargs(lr: float, device: torch.device, **kw: Any) -> dict[str, Any]:
+    """Adam(W) keyword arguments: fused kernels where this torch build has them for the device."""
+    return {"lr": lr, "fused": True, **kw} if device.type in ("cpu", "cuda") else {"lr": lr, "foreach": True, **kw}
+
+
+class BehaviorStage(Stage):
+    name = "behavior"
+    ckpt_stage = "behavior"
+    file_name = FILE_NAME
+
+    def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device):
+        super().__init__(cfg, data, device, cfg.behavior.batch_size)
+        c = cfg.behavior
+        self.schedule = VPSchedule(c.beta_0, c.beta_1)
+        self.net = ScoreNet.from_config(data.obs_dim, data.action_dim, c).to(device)
+        self.modules = {"net": self.net}
+        self.optimizers = {
+            "net": torch.optim.AdamW(self.net.parameters(), **optim_kwargs(c.lr, device, weight_decay=c.weight_decay))
+        }
+        self.forward = torch.compile(self.net) if c.compile else self.net
+        self.autocast = c.bf16
+
+    def step(self) -> dict[str, torch.Tensor]:
+        c = self.cfg.behavior
+        idx = self.sampler.next()
+        s, a = self.data.observations[idx], self.data.actions[idx]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = eps_loss(self.forward, self.schedule, a, s, c.t_min, c.t_max, self.generator)
+        opt = self.optimizers["net"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+
+def train_behavior(
+    cfg: RunConfig,
+    data: Transitions,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Train the behavior model; writes ``run_dir/behavior.safetensors``. Returns a summary."""
+    stage = BehaviorStage(cfg, data, device)
+    c = cfg.behavior
+    return fit(
+        stage,
+        c.steps,
+        Path(run_dir) / FILE_NAME,
+        resume=resume,
+        log_every=c.log_every,
+        ckpt_every=c.ckpt_every,
+        quiet=quiet,
+        stop_at=stop_at,
+    )

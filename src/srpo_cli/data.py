@@ -1,0 +1,236 @@
+"""Minari datasets -> transition tensors on the training device, and batch sampling without a DataLoader."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import RuntimeFailure, UsageError
+
+
+@dataclass
+class Transitions:
+    """(s, a, r, s', d) for every step of every episode, as tensors on one device.
+
+    ``terminals`` is 1 only where the environment *terminated*; a time-limit truncation stays 0 so that the
+    critic bootstraps through it. Actions are mapped to [-1, 1] when the action space is a finite Box that
+    is not already [-1, 1]; ``action_low``/``action_high`` map them back for acting.
+    """
+
+    dataset_id: str
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    terminals: torch.Tensor
+    episode_returns: np.ndarray
+    action_low: np.ndarray
+    action_high: np.ndarray
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.observations.shape[0]
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.observations.device
+
+
+def _is_id_shaped(dataset_id: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*-v\d+", dataset_id) is not None
+
+
+def check_dataset_id(dataset_id: str) -> None:
+    if not _is_id_shaped(dataset_id):
+        raise UsageError(
+            f"'{dataset_id}' is not a Minari dataset id.",
+            "Ids look like 'namespace/name-vN', e.g. 'mujoco/hopper/medium-v0'.",
+        )
+
+
+def open_local(dataset_id: str):
+    """Open a dataset from the local Minari store, or raise a RuntimeFailure that says what to do."""
+    import minari
+
+    check_dataset_id(dataset_id)
+    local = minari.list_local_datasets()
+    if dataset_id not in local:
+        from .datasets import missing_dataset_error
+
+        raise missing_dataset_error(dataset_id, local)
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as e:
+        raise RuntimeFailure(
+            f"Local dataset '{dataset_id}' could not be opened ({str(e).splitlines()[0]}).",
+            "Re-create it with 'srpo fetch' (delete its folder under MINARI_DATASETS_PATH first).",
+        ) from None
+
+
+def episodes_to_arrays(episodes) -> dict[str, np.ndarray]:
+    """Align Minari's T+1 observations: obs = o[:-1], next_obs = o[1:], per episode, then concatenate."""
+    obs, nxt, act, rew, term, returns, lengths = [], [], [], [], [], [], []
+    for ep in episodes:
+        o = np.asarray(ep.observations)
+        if o.dtype == object or o.ndim != 2:
+            raise UsageError(
+                "srpo handles flat Box observations only; this dataset's observations are "
+                f"{type(ep.observations).__name__} of shape {getattr(o, 'shape', '?')}."
+            )
+        a = np.asarray(ep.actions, dtype=np.float32).reshape(len(ep.actions), -1)
+        r = np.asarray(ep.rewards, dtype=np.float64)
+        t = np.asarray(ep.terminations, dtype=bool)
+        if len(o) != len(a) + 1:
+            raise RuntimeFailure(
+                f"Episode {ep.id} has {len(o)} observations for {len(a)} actions; Minari episodes must carry T+1."
+            )
+        obs.append(o[:-1])
+        nxt.append(o[1:])
+        act.append(a)
+        rew.append(r)
+        term.append(t)
+        returns.append(float(r.sum()))
+        lengths.append(len(a))
+    if not obs:
+        raise RuntimeFailure("The dataset has no episodes.")
+    return {
+        "observations": np.concatenate(obs).astype(np.float32),
+        "next_observations": np.concatenate(nxt).astype(np.float32),
+        "actions": np.concatenate(act),
+        "rewards": np.concatenate(rew).astype(np.float32),
+        "terminals": np.concatenate(term).astype(np.float32),
+        "episode_returns": np.asarray(returns),
+        "episode_lengths": np.asarray(lengths),
+    }
+
+
+def _check_finite(arrays: dict[str, np.ndarray], dataset_id: str) -> None:
+    for name in ("observations", "next_observations", "actions", "rewards"):
+        bad = int((~np.isfinite(arrays[name])).sum())
+        if bad:
+            raise RuntimeFailure(
+                f"Dataset '{dataset_id}' has {bad} non-finite values (NaN or inf) in '{name}'.",
+                "Clean the data (or re-import it) before training.",
+            )
+
+
+def load_transitions(
+    dataset_id: str, device: str | torch.device = "cpu", normalize_actions: bool = True
+) -> Transitions:
+    """Read every episode of a local Minari dataset into tensors on ``device``."""
+    ds = open_local(dataset_id)
+    arrays = episodes_to_arrays(ds.iterate_episodes())
+    _check_finite(arrays, dataset_id)
+    space = ds.action_space
+    low = np.asarray(getattr(space, "low", -np.ones(arrays["actions"].shape[1])), dtype=np.float32).reshape(-1)
+    high = np.asarray(getattr(space, "high", np.ones(arrays["actions"].shape[1])), dtype=np.float32).reshape(-1)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))) or not normalize_actions:
+        low, high = -np.ones_like(low), np.ones_like(high)
+    actions = normalize_action(arrays["actions"], low, high)
+    meta = ds.storage.metadata
+    spec_json = meta.get("eval_env_spec") or meta.get("env_spec")
+    return Transitions(
+        dataset_id=dataset_id,
+        observations=torch.from_numpy(arrays["observations"]).to(device),
+        actions=torch.from_numpy(actions).to(device),
+        rewards=torch.from_numpy(arrays["rewards"]).to(device),
+        next_observations=torch.from_numpy(arrays["next_observations"]).to(device),
+        terminals=torch.from_numpy(arrays["terminals"]).to(device),
+        episode_returns=arrays["episode_returns"],
+        action_low=low,
+        action_high=high,
+        ref_min_score=_float_or_none(meta.get("ref_min_score")),
+        ref_max_score=_float_or_none(meta.get("ref_max_score")),
+        info={"episodes": len(arrays["episode_returns"]), "eval_env_spec": spec_json},
+    )
+
+
+def _float_or_none(x: Any) -> float | None:
+    """Minari stores metadata as text."""
+    try:
+        return None if x is None else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def normalize_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Env action -> [-1, 1]."""
+    return (2.0 * (a - low) / (high - low) - 1.0).astype(np.float32)
+
+
+def denormalize_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> env action."""
+    return (low + (a + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+
+def scale_rewards(
+    rewards: torch.Tensor, episode_returns: np.ndarray, mode: str, scale: float = 1000.0, shift: float = -1.0
+) -> torch.Tensor:
+    """Reward transform of the spec: locomotion return-range scaling, antmaze shift, or none."""
+    if mode == "locomotion":
+        span = float(np.max(episode_returns) - np.min(episode_returns))
+        if not math.isfinite(span) or span <= 0:
+            raise RuntimeFailure(
+                "Locomotion reward scaling needs episodes with different returns (max_return - min_return > 0).",
+                "Use --set critic.reward_mode=none for this dataset.",
+            )
+        return rewards * (scale / span)
+    if mode == "antmaze":
+        return rewards + shift
+    if mode == "none":
+        return rewards
+    raise UsageError(f"Unknown reward mode '{mode}'.")
+
+
+class BatchSampler:
+    """Indices into the transition tensors, drawn on the data's device.
+
+    ``epoch`` mode shuffles once per epoch and walks the permutation without replacement, dropping the
+    remainder, as the reference code does; ``uniform`` draws i.i.d. indices. All randomness comes from
+    one ``torch.Generator`` whose state (and the permutation) is part of the resume state.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, mode: str = "epoch"):
+        if batch_size > n and mode == "epoch":
+            raise UsageError(
+                f"Batch size {batch_size} is larger than the dataset ({n} transitions).",
+                "Lower --batch-size or use a larger dataset.",
+            )
+        self.n, self.batch_size, self.mode, self.gen = n, batch_size, mode, generator
+        self.device = generator.device
+        self.perm: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.mode == "uniform":
+            return torch.randint(0, self.n, (self.batch_size,), generator=self.gen, device=self.device)
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen, device=self.device)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.perm = None if sd["perm"] is None else sd["perm"].to(self.device)
+        self.pos = int(sd["pos"])

@@ -1,0 +1,167 @@
+"""The VP-SDE noise schedule, the eps-network of the behavior model, its loss, and an ODE sampler."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class VPSchedule:
+    """Linear beta(t) VP-SDE: log alpha_t = -(beta_1 - beta_0) t^2 / 4 - beta_0 t / 2, sigma_t^2 = 1 - alpha_t^2."""
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0):
+        self.beta_0, self.beta_1 = beta_0, beta_1
+
+    def log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_alpha = self.log_alpha(t)
+        alpha_t = torch.exp(log_alpha)
+        # -expm1(2 log alpha) keeps sigma_t accurate near t = 0 where 1 - alpha^2 cancels.
+        sigma_t = torch.sqrt(-torch.expm1(2.0 * log_alpha))
+        return alpha_t, sigma_t
+
+    def lambda_(self, t: torch.Tensor) -> torch.Tensor:
+        """Half log-SNR, log(alpha_t / sigma_t): the time variable of DPM-Solver."""
+        alpha_t, sigma_t = self.alpha_sigma(t)
+        return torch.log(alpha_t) - torch.log(sigma_t)
+
+
+class GaussianFourierFeatures(nn.Module):
+    """Fixed random frequencies W ~ N(0, scale^2): random per seed, never trained, saved as a buffer."""
+
+    def __init__(self, n_freq: int = 32, scale: float = 30.0):
+        super().__init__()
+        self.register_buffer("W", torch.randn(n_freq) * scale)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        proj = t[:, None] * self.W[None, :] * (2.0 * math.pi)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class LNResBlock(nn.Module):
+    """h + Linear(Mish(Linear(LayerNorm(Dropout(h))))): the IDQL block, without the reference's unused Linear."""
+
+    def __init__(self, dim: int, expansion: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * expansion)
+        self.fc2 = nn.Linear(dim * expansion, dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(F.mish(self.fc1(self.norm(self.dropout(h)))))
+
+
+class ScoreNet(nn.Module):
+    """eps_phi(a_t, s, t): predicts the noise that was added to the action."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+        n_blocks: int = 3,
+        expansion: int = 4,
+        dropout: float = 0.1,
+        fourier_dim: int = 32,
+        fourier_scale: float = 30.0,
+        time_dim: int = 128,
+    ):
+        super().__init__()
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.fourier = GaussianFourierFeatures(fourier_dim, fourier_scale)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * fourier_dim, time_dim), nn.Mish(), nn.Linear(time_dim, time_dim))
+        self.inp = nn.Linear(action_dim + obs_dim + time_dim, hidden_dim)
+        self.blocks = nn.ModuleList([LNResBlock(hidden_dim, expansion, dropout) for _ in range(n_blocks)])
+        self.head = nn.Sequential(nn.Mish(), nn.Linear(hidden_dim, action_dim))
+
+    @classmethod
+    def from_config(cls, obs_dim: int, action_dim: int, cfg) -> ScoreNet:
+        return cls(
+            obs_dim,
+            action_dim,
+            hidden_dim=cfg.hidden_dim,
+            n_blocks=cfg.n_blocks,
+            expansion=cfg.block_expansion,
+            dropout=cfg.dropout,
+            fourier_dim=cfg.fourier_dim,
+            fourier_scale=cfg.fourier_scale,
+            time_dim=cfg.time_dim,
+        )
+
+    def forward(self, a_t: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(self.fourier(t))
+        h = self.inp(torch.cat([a_t, s, emb], dim=-1))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def eps_loss(
+    net: nn.Module,
+    schedule: VPSchedule,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    t_min: float,
+    t_max: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """mean_batch sum_dims (eps_phi(alpha_t a + sigma_t z, s, t) - z)^2, t ~ U(t_min, t_max)."""
+    b = a.shape[0]
+    t = torch.rand(b, device=a.device, generator=generator) * (t_max - t_min) + t_min
+    z = torch.randn(a.shape, device=a.device, generator=generator)
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    a_t = alpha_t[:, None] * a + sigma_t[:, None] * z
+    return ((net(a_t, s, t) - z) ** 2).sum(-1).mean()
+
+
+@torch.no_grad()
+def sample_actions(
+    net: nn.Module,
+    schedule: VPSchedule,
+    s: torch.Tensor,
+    steps: int,
+    generator: torch.Generator | None = None,
+    t_end: float = 1e-3,
+    clip: float = 1.0,
+) -> torch.Tensor:
+    """Draw actions a ~ mu(.|s) with the first-order DPM-Solver (= DDIM) on the probability-flow ODE.
+
+    Time steps are uniform in lambda = log(alpha/sigma) from t = 1 to ``t_end``.
+    """
+    b = s.shape[0]
+    dev = s.device
+    x = torch.randn(b, net.action_dim, device=dev, generator=generator)
+    t_grid = _lambda_uniform_times(schedule, steps, t_end, dev)
+    for i in range(steps):
+        t_cur, t_next = t_grid[i], t_grid[i + 1]
+        a_cur, s_cur = schedule.alpha_sigma(t_cur)
+        a_next, s_next = schedule.alpha_sigma(t_next)
+        h = torch.log(a_next / s_next) - torch.log(a_cur / s_cur)
+        eps = net(x, s, t_cur.expand(b))
+        x = (a_next / a_cur) * x - s_next * torch.expm1(h) * eps
+    return x.clamp(-clip, clip)
+
+
+def _lambda_uniform_times(schedule: VPSchedule, steps: int, t_end: float, device) -> torch.Tensor:
+    """Invert lambda(t) on a uniform lambda grid (closed form for the linear-beta VP-SDE)."""
+    t_hi = torch.tensor(1.0, dtype=torch.float64)
+    t_lo = torch.tensor(t_end, dtype=torch.float64)
+    lam_hi, lam_lo = _lam64(schedule, t_hi), _lam64(schedule, t_lo)
+    lams = torch.linspace(float(lam_hi), float(lam_lo), steps + 1, dtype=torch.float64)
+    # lambda = log alpha - 0.5 log(1 - alpha^2) => log alpha = -0.5 softplus(-2 lambda)
+    log_alpha = -0.5 * F.softplus(-2.0 * lams)
+    db = schedule.beta_1 - schedule.beta_0
+    # solve 0.25 db t^2 + 0.5 beta_0 t + log_alpha = 0 for t >= 0
+    t = (-0.5 * schedule.beta_0 + torch.sqrt(0.25 * schedule.beta_0**2 - db * log_alpha)) / (0.5 * db)
+    return t.to(torch.float32).to(device)
+
+
+def _lam64(schedule: VPSchedule, t: torch.Tensor) -> torch.Tensor:
+    log_alpha = -0.25 * t**2 * (schedule.beta_1 - schedule.beta_0) - 0.5 * t * schedule.beta_0
+    return log_alpha - 0.5 * torch.log(-torch.expm1(2 * log_alpha))

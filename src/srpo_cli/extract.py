@@ -1,0 +1,149 @@
+"""Stage 3: SRPO policy extraction. The actor is trained with the Q gradient plus the behavior model's
+score as a regularizer; the behavior net and critic are frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .behavior import FILE_NAME as BEHAVIOR_FILE
+from .behavior import optim_kwargs
+from .checkpoint import sha256_file
+from .config import ExtractConfig, RunConfig
+from .critic import FILE_NAME as CRITIC_FILE
+from .data import Transitions
+from .diffusion import VPSchedule
+from .errors import RuntimeFailure
+from .losses import srpo_loss, srpo_weight
+from .networks import TanhActor
+from .policies import check_same_lineage, load_behavior, load_critic
+from .training import Stage, fit
+
+FILE_NAME = "actor.safetensors"
+
+
+def q_gradient(
+    q_target: torch.nn.Module, s: torch.Tensor, a: torch.Tensor, reduce: str, normalize: bool
+) -> torch.Tensor:
+    """g = d/da of the mean (or min) of the target twin Q at (s, a); optionally RMS-normalized per sample."""
+    a = a.detach().requires_grad_(True)
+    with torch.enable_grad():
+        qs = q_target(s, a)
+        q = qs.mean(0) if reduce == "mean" else qs.min(0).values
+        (g,) = torch.autograd.grad(q.sum(), a)
+    if normalize:
+        g = g / torch.sqrt((g**2).mean(-1, keepdim=True) + 1e-12)
+    return g
+
+
+def check_inputs(behavior_ckpt, critic_ckpt, data: Transitions) -> None:
+    check_same_lineage(behavior_ckpt, critic_ckpt)
+    for ck in (behavior_ckpt, critic_ckpt):
+        if ck.meta["dataset_id"] != data.dataset_id or ck.meta["obs_dim"] != data.obs_dim:
+            raise RuntimeFailure(
+                f"{ck.path} was trained on '{ck.meta['dataset_id']}' (obs_dim {ck.meta['obs_dim']}) but extraction "
+                f"is running on '{data.dataset_id}' (obs_dim {data.obs_dim}).",
+                "Use the same --dataset as the earlier stages, or another --run directory.",
+            )
+
+
+class ExtractStage(Stage):
+    name = "extract"
+    ckpt_stage = "actor"
+    file_name = FILE_NAME
+
+    def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device, run_dir: Path):
+        super().__init__(cfg, data, device, cfg.extract.batch_size)
+        c = cfg.extract
+        b_path, c_path = Path(run_dir) / BEHAVIOR_FILE, Path(run_dir) / CRITIC_FILE
+        self.behavior, self.schedule, b_ckpt = load_behavior(b_path, device)
+        _, self.q_target, _, c_ckpt = load_critic(c_path, device)
+        check_inputs(b_ckpt, c_ckpt, data)
+        self.parents = {BEHAVIOR_FILE: sha256_file(b_path), CRITIC_FILE: sha256_file(c_path)}
+        torch.manual_seed(cfg.seed)  # the actor's init must not depend on what loading consumed
+        self.actor = TanhActor(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers).to(device)
+        self.modules = {"actor": self.actor}
+        opt = torch.optim.Adam(self.actor.parameters(), **optim_kwargs(c.lr, device))
+        self.optimizers = {"actor": opt}
+        if c.lr_schedule == "cosine":
+            self.schedulers = {"actor": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps, eta_min=0.0)}
+        self.eps_net = torch.compile(self.behavior) if c.compile else self.behavior
+
+    def step(self) -> dict[str, torch.Tensor]:
+        idx = self.sampler.next()
+        loss, score_term, q_term = srpo_actor_loss(
+            self.actor,
+            self.data.observations[idx],
+            self.eps_net,
+            self.q_target,
+            self.schedule,
+            self.cfg.extract,
+            self.generator,
+            self.device.type,
+        )
+        opt = self.optimizers["actor"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.schedulers:
+            self.schedulers["actor"].step()
+        return {"loss": loss.detach(), "score_term": score_term.detach(), "q_term": q_term.detach()}
+
+
+def srpo_actor_loss(
+    actor: torch.nn.Module,
+    s: torch.Tensor,
+    eps_net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    q_net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: VPSchedule,
+    c: ExtractConfig,
+    generator: torch.Generator,
+    device_type: str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One SRPO loss evaluation (spec, stage 3, steps 1-6). ``q_net(s, a)`` returns [n_q, B]."""
+    a = actor(s)
+    b = s.shape[0]
+    t = torch.rand(b, device=s.device, generator=generator) * (c.t_max - c.t_min) + c.t_min
+    z = torch.randn(a.shape, device=s.device, generator=generator)
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.bf16_behavior):
+        eps = eps_net(alpha_t[:, None] * a.detach() + sigma_t[:, None] * z, s, t).float()
+    if c.noise_baseline:
+        eps = eps - z
+    w = srpo_weight(alpha_t, sigma_t, c.weighting)
+    g = q_gradient(q_net, s, a, c.q_reduce, c.normalize_q_grad)
+    return srpo_loss(a, eps, w, g, c.beta)
+
+
+def train_actor(
+    cfg: RunConfig,
+    data: Transitions,
+    run_dir: Path,
+    device: torch.device,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Extract the SRPO actor from ``run_dir``'s behavior and critic; writes ``run_dir/actor.safetensors``."""
+    stage = ExtractStage(cfg, data, device, run_dir)
+    c = cfg.extract
+    hooks = []
+    if c.eval_every > 0:
+        from .evaluate import periodic_eval_hook
+
+        hooks.append((c.eval_every, periodic_eval_hook(stage.actor, data, cfg)))
+    return fit(
+        stage,
+        c.steps,
+        Path(run_dir) / FILE_NAME,
+        resume=resume,
+        log_every=c.log_every,
+        ckpt_every=c.ckpt_every,
+        quiet=quiet,
+        stop_at=stop_at,
+        hooks=hooks,
+    )

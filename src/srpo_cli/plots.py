@@ -1,0 +1,71 @@
+"""Learning curves from the metrics CSVs of one or more run directories (e.g. several seeds)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+SKIP = {"step", "wall_s", "steps_per_s"}
+
+
+def _read(path: Path) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                if k in SKIP or not v:
+                    continue
+                series.setdefault(k, []).append((int(row["step"]), float(v)))
+    return series
+
+
+def plot_runs(run_dirs: list[Path], out_dir: Path | None = None) -> list[Path]:
+    """One PNG per stage; each metric a panel; several runs as mean with a min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for r in run_dirs:
+        if not (Path(r) / "metrics").is_dir():
+            raise UsageError(f"{r} has no metrics/ folder; is it an srpo run directory?")
+    out_dir = Path(out_dir) if out_dir else Path(run_dirs[0]) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = sorted({p.stem for r in run_dirs for p in (Path(r) / "metrics").glob("*.csv")})
+    files = []
+    for stage in stages:
+        runs = [
+            _read(Path(r) / "metrics" / f"{stage}.csv")
+            for r in run_dirs
+            if (Path(r) / "metrics" / f"{stage}.csv").exists()
+        ]
+        keys = sorted({k for run in runs for k in run})
+        if not keys:
+            continue
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=False):
+            curves = [run[key] for run in runs if key in run]
+            for c in curves:
+                xs, ys = zip(*c, strict=False)
+                ax.plot(xs, ys, alpha=0.35 if len(curves) > 1 else 1.0, lw=1)
+            if len(curves) > 1:
+                steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
+                if steps:
+                    vals = np.array([[dict(c)[s] for s in steps] for c in curves])
+                    ax.plot(steps, vals.mean(0), color="black", lw=2, label=f"mean of {len(curves)}")
+                    ax.fill_between(steps, vals.min(0), vals.max(0), color="gray", alpha=0.2)
+                    ax.legend(fontsize=7)
+            ax.set_title(key + (" (0-100)" if key == "eval_score" else ""), fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+            ax.tick_params(labelsize=7)
+        fig.suptitle(f"{stage}: {', '.join(str(r) for r in run_dirs)}"[:120], fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"{stage}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        files.append(path)
+    return files

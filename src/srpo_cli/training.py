@@ -1,0 +1,314 @@
+"""The loop every stage shares: progress bar, CSV metrics, periodic atomic checkpoints, resume, Ctrl-C, and
+the non-finite guard. A stage only says how to build its networks and how to take one step."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state, sha256_file
+from .config import RunConfig
+from .data import BatchSampler, Transitions
+from .errors import Interrupted, RuntimeFailure, UsageError
+
+stderr = Console(stderr=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if present, else mps, else cpu. An unavailable explicit choice is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible.", "Use --device cpu or auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but MPS is not available.", "Use --device cpu or auto.")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"Unknown device '{name}'.", "Choose auto, cpu, cuda or mps.")
+    return torch.device(name)
+
+
+class Stage:
+    """One training stage. Subclasses fill ``modules`` (saved to the checkpoint), ``optimizers``,
+    ``schedulers`` and implement ``step()`` returning 0-d loss tensors (not synchronised to the host)."""
+
+    name: str = ""
+    ckpt_stage: str = ""  # stage name written in the checkpoint metadata
+    file_name: str = ""
+
+    def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device, batch_size: int):
+        self.cfg, self.data, self.device = cfg, data, device
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.seed)
+        self.sampler = BatchSampler(data.size, batch_size, self.generator, cfg.data.sampling)
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.parents: dict[str, str] = {}
+
+    def step(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "action": {
+                "low": torch.as_tensor(self.data.action_low),
+                "high": torch.as_tensor(self.data.action_high),
+            }
+        }
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self, path: Path, step: int) -> None:
+        modules = {k: m.state_dict() for k, m in self.modules.items()}
+        modules.update(self.extra_tensors())
+        state = {
+            "step": step,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        # State first, weights second: a crash between the two leaves a newer state that resume detects.
+        save_train_state(state_path(path), state)
+        save_checkpoint(
+            path,
+            self.ckpt_stage,
+            modules,
+            config=self.cfg.to_dict(),
+            dataset_id=self.data.dataset_id,
+            obs_dim=self.data.obs_dim,
+            action_dim=self.data.action_dim,
+            step=step,
+            seed=self.cfg.seed,
+            parents=self.parents,
+            extra={
+                "ref_min_score": self.data.ref_min_score,
+                "ref_max_score": self.data.ref_max_score,
+                "dataset_mean_return": float(self.data.episode_returns.mean()),
+                "eval_env_spec": self.data.info.get("eval_env_spec"),
+            },
+        )
+
+    def load(self, path: Path) -> int:
+        ckpt = load_checkpoint(path, self.ckpt_stage)
+        state = load_train_state(state_path(path))
+        if int(state["step"]) != ckpt.meta["step"]:
+            raise RuntimeFailure(
+                f"Cannot resume: {path} is at step {ckpt.meta['step']} but its training state is at step "
+                f"{state['step']} (a run was interrupted between the two writes).",
+                "Start over with --force.",
+            )
+        for k, m in self.modules.items():
+            m.load_state_dict({n: v.to(self.device) for n, v in ckpt.section(k).items()})
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return int(state["step"])
+
+
+def state_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name.replace(".safetensors", "") + ".state.pt")
+
+
+def _format_losses(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+class MetricsCSV:
+    """Append-only metrics file; on resume, rows past the resumed step are dropped so curves stay clean."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        self.fields: list[str] | None = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None or not path.exists():
+            path.write_text("")
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if r.get("step") and int(r["step"]) <= resume_step]
+        if rows:
+            self.fields = list(rows[0].keys())
+        with open(path, "w", newline="") as f:
+            if self.fields:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(keep)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row.keys())
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        for k in row:
+            if k not in self.fields:
+                # A late column (e.g. a periodic eval score): rewrite the header once.
+                self.fields.append(k)
+                with open(self.path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+                with open(self.path, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+
+
+def check_can_write(path: Path, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a finished or partial stage unless asked."""
+    if resume and force:
+        raise UsageError("--resume and --force contradict each other.", "Pick one.")
+    if path.exists() and not (resume or force):
+        raise UsageError(
+            f"{path} already exists.",
+            "Pass --resume to continue that run, --force to train again and overwrite it, or --run DIR for a "
+            "new run directory.",
+        )
+    if resume and not path.exists():
+        raise RuntimeFailure(f"Cannot resume: {path} does not exist.", "Run the stage without --resume first.")
+
+
+def fit(
+    stage: Stage,
+    total_steps: int,
+    ckpt_path: Path,
+    *,
+    resume: bool = False,
+    log_every: int = 100,
+    ckpt_every: int = 10_000,
+    quiet: bool = False,
+    stop_at: int | None = None,
+    hooks: list[tuple[int, Callable[[int], dict[str, float]]]] | None = None,
+) -> dict[str, Any]:
+    """Train ``stage`` to ``total_steps``, checkpointing atomically. Returns a summary."""
+    start = stage.load(ckpt_path) if resume else 0
+    if start > total_steps:
+        raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
+    metrics = MetricsCSV(ckpt_path.parent / "metrics" / f"{stage.name}.csv", start if resume else None)
+    end = total_steps if stop_at is None else min(stop_at, total_steps)
+    hooks = hooks or []
+    log_every = max(1, log_every)
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    t_log, step_log = t0, start
+    speed_probe = (start + 5, start + 25)
+    probe_t = None
+    progress = Progress(
+        TextColumn(f"[bold]{stage.name}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} steps/s"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[losses]}"),
+        console=stderr,
+        disable=quiet,
+        transient=False,
+    )
+    step = start
+    pending: list[dict[str, torch.Tensor]] = []
+
+    def flush(step: int) -> None:
+        nonlocal last, t_log, step_log
+        if not pending:
+            return
+        stacked = {k: torch.stack([p[k] for p in pending]).float().mean().item() for k in pending[0]}
+        pending.clear()
+        bad = [k for k, v in stacked.items() if not math.isfinite(v)]
+        if bad:
+            raise RuntimeFailure(
+                f"{stage.name}: non-finite {', '.join(bad)} at step {step}; training stopped. The last good "
+                f"checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) was kept.",
+                "Lower the learning rate, check the data for extreme values, or try another --seed.",
+            )
+        now = time.perf_counter()
+        rate = (step - step_log) / max(now - t_log, 1e-9)
+        t_log, step_log = now, step
+        row = {"step": step, "wall_s": round(now - t0, 3), "steps_per_s": round(rate, 2)}
+        for name, sched in stage.schedulers.items():
+            row[f"lr_{name}"] = sched.get_last_lr()[0]
+        row.update({k: round(v, 6) for k, v in stacked.items()})
+        last = stacked
+        metrics.write(row)
+        progress.update(task, completed=step, rate=f"{rate:,.1f}", losses=_format_losses(stacked))
+
+    try:
+        with progress:
+            task = progress.add_task(stage.name, total=total_steps, completed=start, rate="-", losses="")
+            while step < end:
+                pending.append(stage.step())
+                step += 1
+                if step == speed_probe[0]:
+                    _sync(stage.device)
+                    probe_t = time.perf_counter()
+                elif step == speed_probe[1] and probe_t is not None:
+                    _sync(stage.device)
+                    rate = (speed_probe[1] - speed_probe[0]) / (time.perf_counter() - probe_t)
+                    eta = (total_steps - step) / rate
+                    if not quiet:
+                        progress.console.print(
+                            f"{stage.name}: measured {rate:,.1f} steps/s on {stage.device}; "
+                            f"{total_steps - step:,} steps left, expected {_fmt_duration(eta)}"
+                        )
+                if step % log_every == 0 or step == end:
+                    flush(step)
+                for every, fn in hooks:
+                    if every > 0 and (step % every == 0 or step == total_steps):
+                        extra = fn(step)
+                        metrics.write({"step": step, "wall_s": round(time.perf_counter() - t0, 3), **extra})
+                        if not quiet:
+                            progress.console.print(f"{stage.name} step {step}: {_format_losses(extra)}")
+                if step % ckpt_every == 0 and step != end:
+                    flush(step)
+                    stage.save(ckpt_path, step)
+            flush(step)
+            stage.save(ckpt_path, step)
+    except KeyboardInterrupt:
+        pending.clear()
+        stage.save(ckpt_path, step)
+        raise Interrupted(
+            f"Interrupted at step {step}; checkpoint written to {ckpt_path}.", "Continue with --resume."
+        ) from None
+    wall = time.perf_counter() - t0
+    return {
+        "stage": stage.name,
+        "start_step": start,
+        "step": step,
+        "wall_s": wall,
+        "steps_per_s": (step - start) / max(wall, 1e-9),
+        "losses": last,
+        "checkpoint": str(ckpt_path),
+        "sha256": sha256_file(ckpt_path),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,143 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from srpo_cli import config
+from srpo_cli.errors import UsageError
+
+
+def _resolve(tmp_path, flags=None, preset=None, file_tree=None, environ=None):
+    path = tmp_path / "srpo.yaml"
+    if file_tree is not None:
+        path.write_text(yaml.safe_dump(file_tree))
+    return config.resolve(flags or {}, preset=preset, config_path=path, environ=environ or {})
+
+
+def test_defaults_are_the_reference_code_s():
+    cfg = config.RunConfig()
+    assert (cfg.behavior.steps, cfg.behavior.batch_size, cfg.behavior.lr, cfg.behavior.weight_decay) == (
+        2_000_000,
+        2048,
+        3e-4,
+        0.01,
+    )
+    assert (cfg.critic.steps, cfg.critic.batch_size, cfg.critic.expectile, cfg.critic.discount, cfg.critic.tau) == (
+        1_500_000,
+        256,
+        0.7,
+        0.99,
+        0.005,
+    )
+    e = cfg.extract
+    assert (e.steps, e.batch_size, e.t_min, e.t_max, e.weighting, e.noise_baseline, e.q_reduce) == (
+        1_000_000,
+        256,
+        0.02,
+        0.98,
+        "sigma2",
+        False,
+        "mean",
+    )
+    assert (cfg.behavior.t_min, cfg.behavior.dropout, cfg.behavior.fourier_scale) == (0.001, 0.1, 30.0)
+
+
+def test_precedence_flag_env_file_preset_default(tmp_path):
+    preset = "bench-hopper-medium"  # sets extract.beta 0.05, critic.steps 150000
+    cfg = _resolve(tmp_path, preset=preset)
+    assert cfg.extract.beta == 0.05 and cfg.critic.steps == 150_000
+    cfg = _resolve(tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}, "critic": {"steps": 7}})
+    assert cfg.extract.beta == 0.3 and cfg.critic.steps == 7
+    cfg = _resolve(
+        tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}}, environ={"SRPO_EXTRACT__BETA": "0.4"}
+    )
+    assert cfg.extract.beta == 0.4
+    cfg = _resolve(
+        tmp_path,
+        flags={"extract.beta": 0.5},
+        preset=preset,
+        file_tree={"extract": {"beta": 0.3}},
+        environ={"SRPO_EXTRACT__BETA": "0.4"},
+    )
+    assert cfg.extract.beta == 0.5
+
+
+def test_default_dataset_gets_its_small_budget(tmp_path):
+    cfg = _resolve(tmp_path)
+    assert cfg.dataset == config.DEFAULT_DATASET
+    assert cfg.behavior.steps < 20_000  # the pendulum preset, not the paper's 2M
+
+
+def test_unknown_key_names_the_closest_valid_key(tmp_path):
+    with pytest.raises(UsageError, match="extract.beta"):
+        _resolve(tmp_path, file_tree={"extract": {"betta": 0.1}})
+    (tmp_path / "srpo.yaml").unlink()
+    with pytest.raises(UsageError, match="critic.expectile"):
+        _resolve(tmp_path, environ={"SRPO_CRITIC__EXPECTILES": "0.8"})
+    with pytest.raises(UsageError, match="Did you mean 'seed'"):
+        config.parse_set(["sed=3"])
+
+
+def test_bad_values_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="expected int"):
+        _resolve(tmp_path, file_tree={"critic": {"steps": "many"}})
+    with pytest.raises(UsageError, match="choose one of"):
+        config.parse_set(["extract.weighting=cubic"])
+    with pytest.raises(UsageError, match="critic.expectile"):
+        _resolve(tmp_path, file_tree={"critic": {"expectile": 1.5}})
+
+
+def test_set_coerces_types():
+    values = config.parse_set(["extract.noise_baseline=true", "critic.steps=10", "extract.beta=0.2"])
+    assert values == {"extract.noise_baseline": True, "critic.steps": 10, "extract.beta": 0.2}
+
+
+def test_presets_cover_the_spec_beta_table():
+    table = {
+        "halfcheetah-medium-expert": 0.01,
+        "hopper-medium-expert": 0.01,
+        "walker2d-medium-expert": 0.1,
+        "halfcheetah-medium": 0.2,
+        "hopper-medium": 0.05,
+        "walker2d-medium": 0.05,
+        "halfcheetah-medium-replay": 0.2,
+        "hopper-medium-replay": 0.2,
+        "walker2d-medium-replay": 0.5,
+        "antmaze-umaze": 0.02,
+        "antmaze-umaze-diverse": 0.04,
+        "antmaze-medium-play": 0.08,
+        "antmaze-medium-diverse": 0.05,
+        "antmaze-large-play": 0.06,
+        "antmaze-large-diverse": 0.05,
+    }
+    for name, beta in table.items():
+        flat = config.flatten(config.load_preset(name), name)
+        assert flat["extract.beta"] == beta, name
+        if name.startswith("antmaze"):
+            assert flat["critic.expectile"] == 0.9 and flat["critic.reward_mode"] == "antmaze"
+            assert flat["extract.n_layers"] == 4 and flat["extract.normalize_q_grad"] is True
+    for name in config.preset_names():  # every shipped preset is valid
+        config.flatten(config.load_preset(name), name)
+    assert {"bench-hopper-medium", "bench-halfcheetah-medium", "bench-hopper-medium-expert"} <= set(
+        config.preset_names()
+    )
+
+
+def test_unknown_preset_suggests(tmp_path):
+    with pytest.raises(UsageError, match="hopper-medium"):
+        _resolve(tmp_path, preset="hoper-medium")
+
+
+def test_write_yaml_round_trip(tmp_path):
+    cfg = config.RunConfig()
+    cfg.extract.beta = 0.123
+    path = tmp_path / "srpo.yaml"
+    config.write_yaml(cfg, path)
+    again = config.resolve({}, config_path=path, environ={})
+    assert again.extract.beta == 0.123
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_run_dir_template():
+    cfg = config.RunConfig()
+    assert cfg.resolved_run_dir(3) == Path("runs/srpo-pendulum-scripted-medium-v0/seed3")

@@ -1,0 +1,90 @@
+import copy
+
+import pytest
+import torch
+
+from srpo_cli.extract import q_gradient
+from srpo_cli.losses import expectile_loss, iql_q_target, srpo_loss, srpo_weight, twin_q_loss
+from srpo_cli.networks import EnsembleQ, polyak_update
+
+
+def test_expectile_loss_by_hand():
+    u = torch.tensor([1.0, -2.0, 0.5])  # target - prediction
+    # tau = 0.7: positive residuals weigh 0.7, negative ones 0.3
+    expected = (0.7 * 1.0 + 0.3 * 4.0 + 0.7 * 0.25) / 3
+    assert float(expectile_loss(u, 0.7)) == pytest.approx(expected)
+    assert float(expectile_loss(u, 0.5)) == pytest.approx(0.5 * float((u**2).mean()))
+
+
+def test_q_target_bootstraps_only_through_non_terminals():
+    r = torch.tensor([1.0, 2.0, 3.0])
+    d = torch.tensor([0.0, 1.0, 0.0])  # the middle transition terminated; the others (incl. a truncation) did not
+    v_next = torch.tensor([10.0, 20.0, 30.0])
+    y = iql_q_target(r, d, v_next, 0.99)
+    torch.testing.assert_close(y, torch.tensor([1.0 + 9.9, 2.0, 3.0 + 29.7]))
+
+
+def test_twin_q_loss_by_hand():
+    q = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    y = torch.tensor([1.0, 1.0])
+    # 1/2 (MSE(Q1,y) + MSE(Q2,y)) = 1/2 ((0 + 1)/2 + (4 + 16)/2)
+    assert float(twin_q_loss(q, y)) == pytest.approx(0.5 * (0.5 + 10.0))
+
+
+def test_ensemble_matches_two_independent_mlps():
+    torch.manual_seed(0)
+    ens = EnsembleQ(4, 2, 16, 2)
+    s, a = torch.randn(5, 4), torch.randn(5, 2)
+    out = ens(s, a)
+    assert out.shape == (2, 5)
+    for k in range(2):
+        x = torch.cat([s, a], -1)
+        for i, layer in enumerate(ens.layers):
+            x = x @ layer.weight[k] + layer.bias[k]
+            if i < len(ens.layers) - 1:
+                x = torch.relu(x)
+        torch.testing.assert_close(out[k], x.squeeze(-1))
+
+
+def test_polyak_update_is_a_lerp():
+    torch.manual_seed(0)
+    q = EnsembleQ(3, 1, 8, 2)
+    tq = copy.deepcopy(q)
+    for p in q.parameters():
+        p.data.add_(1.0)
+    before = [p.clone() for p in tq.parameters()]
+    polyak_update(list(tq.parameters()), list(q.parameters()), 0.005)
+    for b, t, o in zip(before, tq.parameters(), q.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.995 * b + 0.005 * o)
+
+
+def test_srpo_weights():
+    a, s = torch.tensor([0.6]), torch.tensor([0.8])
+    assert float(srpo_weight(a, s, "sigma2")) == pytest.approx(0.64)
+    assert float(srpo_weight(a, s, "one")) == 1.0
+    assert float(srpo_weight(a, s, "alpha_over_sigma")) == pytest.approx(0.75)
+
+
+def test_srpo_loss_gradient_flows_only_through_the_action():
+    a = torch.tensor([[0.5, -0.5]], requires_grad=True)
+    eps = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    g = torch.tensor([[3.0, -1.0]], requires_grad=True)
+    w = torch.tensor([0.5])
+    loss, score, qterm = srpo_loss(a, eps, w, g, beta=0.1)
+    assert float(score) == pytest.approx(0.5 * (0.5 - 1.0))
+    assert float(qterm) == pytest.approx(1.5 + 0.5)
+    loss.backward()
+    torch.testing.assert_close(a.grad, 0.5 * eps.detach() - 0.1 * g.detach())
+    assert eps.grad is None and g.grad is None
+
+
+def test_q_gradient_mean_min_and_normalization():
+    def q_net(s, a):
+        return torch.stack([(a**2).sum(-1), 3.0 * a.sum(-1)])
+
+    s, a = torch.zeros(1, 1), torch.tensor([[1.0, 2.0]])
+    torch.testing.assert_close(q_gradient(q_net, s, a, "mean", False), torch.tensor([[2.5, 3.5]]))
+    # min picks the network with the lower value per sample: (1 + 4 = 5) < (3 * 3 = 9)
+    torch.testing.assert_close(q_gradient(q_net, s, a, "min", False), torch.tensor([[2.0, 4.0]]))
+    g = q_gradient(q_net, s, a, "mean", True)
+    assert float((g**2).mean()) == pytest.approx(1.0)
