@@ -172,7 +172,7 @@ def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json:
     ckpt = run_dir / file_name
     check_can_write(ckpt, resume, force)
     if stage in ("extract", "baseline"):
-        needed = ["critic.safetensors"] + (["behavior.safetensors"] if stage == "extract" else [])
+        needed = (["behavior.safetensors"] if stage == "extract" else []) + ["critic.safetensors"]
         if stage == "baseline" and kind == "bc":
             needed = []
         for name in needed:

@@ -1,0 +1,62 @@
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from srpo_cli.checkpoint import save_checkpoint
+from srpo_cli.errors import RuntimeFailure
+from srpo_cli.export import export_actor
+from srpo_cli.networks import TanhActor
+from srpo_cli.policies import load_actor_policy
+
+
+@pytest.fixture()
+def actor_ckpt(tmp_path):
+    torch.manual_seed(0)
+    actor = TanhActor(3, 2, 32, 2)
+    path = tmp_path / "actor.safetensors"
+    save_checkpoint(
+        path,
+        "actor",
+        {"actor": actor.state_dict(), "action": {"low": torch.tensor([-2.0, 0.0]), "high": torch.tensor([2.0, 1.0])}},
+        config={"extract": {"hidden_dim": 32, "n_layers": 2}},
+        dataset_id="x/y-v0",
+        obs_dim=3,
+        action_dim=2,
+        step=1,
+        seed=0,
+    )
+    return path
+
+
+def test_torchscript_round_trip_matches_eval_actions(actor_ckpt, tmp_path):
+    out = export_actor(actor_ckpt, tmp_path / "actor.pt", "torchscript")
+    loaded = torch.jit.load(str(out))  # plain torch, no srpo needed
+    obs = np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32) * 3
+    expected = load_actor_policy(actor_ckpt)(obs)  # what `srpo eval` acts with
+    got = loaded(torch.from_numpy(obs)).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got[:, 0].min() >= -2.0 and got[:, 1].min() >= 0.0  # action bounds baked in
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="onnx extra not installed",
+)
+def test_onnx_round_trip(actor_ckpt, tmp_path):
+    import onnxruntime as ort
+
+    out = export_actor(actor_ckpt, tmp_path / "actor.onnx", "onnx")
+    sess = ort.InferenceSession(str(out))
+    obs = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
+    got = sess.run(None, {"obs": obs})[0]
+    np.testing.assert_allclose(got, load_actor_policy(actor_ckpt)(obs), atol=1e-5)
+
+
+def test_export_refuses_a_non_policy_checkpoint(tmp_path):
+    path = tmp_path / "critic.safetensors"
+    save_checkpoint(path, "critic", {"q": {"w": torch.zeros(1)}}, config={}, dataset_id="x/y-v0", obs_dim=1,
+                    action_dim=1, step=0, seed=0)  # fmt: skip
+    with pytest.raises(RuntimeFailure, match="needs a policy checkpoint"):
+        export_actor(path, tmp_path / "out.pt")

@@ -1,0 +1,173 @@
+"""Resume, Ctrl-C, the non-finite guard and overwrite protection, on every stage."""
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import tiny_cfg
+from srpo_cli.baselines import train_baseline
+from srpo_cli.behavior import train_behavior
+from srpo_cli.checkpoint import load_checkpoint
+from srpo_cli.critic import CriticStage, train_critic
+from srpo_cli.data import load_transitions
+from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
+from srpo_cli.extract import train_actor
+from srpo_cli.training import check_can_write, fit, state_path
+
+
+@pytest.fixture(scope="module")
+def data(default_dataset):
+    return load_transitions(default_dataset)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data, default_dataset, device):
+    """A run directory with all three stages (and both baselines) trained for a few steps."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = tiny_cfg(default_dataset)
+    dev = torch.device(device)
+    out = {
+        "behavior": train_behavior(cfg, data, run, dev, quiet=True),
+        "critic": train_critic(cfg, data, run, dev, quiet=True),
+        "extract": train_actor(cfg, data, run, dev, quiet=True),
+        "awr": train_baseline("awr", cfg, data, run, dev, quiet=True),
+        "bc": train_baseline("bc", cfg, data, run, dev, quiet=True),
+    }
+    return run, cfg, out
+
+
+def _tensors(path):
+    return load_checkpoint(path).tensors
+
+
+STAGES = [
+    ("behavior", "behavior.safetensors", lambda c, d, r, dev, **k: train_behavior(c, d, r, dev, **k)),
+    ("critic", "critic.safetensors", lambda c, d, r, dev, **k: train_critic(c, d, r, dev, **k)),
+    ("extract", "actor.safetensors", lambda c, d, r, dev, **k: train_actor(c, d, r, dev, **k)),
+    ("awr", "awr.safetensors", lambda c, d, r, dev, **k: train_baseline("awr", c, d, r, dev, **k)),
+]
+
+
+@pytest.mark.parametrize("name,file_name,fn", STAGES, ids=[s[0] for s in STAGES])
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, trained, data, name, file_name, fn, device):
+    run, cfg, _ = trained
+    dev = torch.device(device)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        for dep in ("behavior.safetensors", "critic.safetensors"):
+            if dep != file_name:
+                shutil.copy(run / dep, tmp_path / sub / dep)
+    fn(cfg, data, tmp_path / "a", dev, quiet=True)
+    half = fn(cfg, data, tmp_path / "b", dev, quiet=True, stop_at=13)
+    assert half["step"] == 13 and load_checkpoint(tmp_path / "b" / file_name).meta["step"] == 13
+    full = fn(cfg, data, tmp_path / "b", dev, quiet=True, resume=True)
+    assert full["start_step"] == 13
+    a, b = _tensors(tmp_path / "a" / file_name), _tensors(tmp_path / "b" / file_name)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the metrics CSV of the resumed run has no duplicated steps
+    rows = (tmp_path / "b" / "metrics" / f"{'extract' if name == 'extract' else name}.csv").read_text().splitlines()
+    steps = [r.split(",")[0] for r in rows[1:]]
+    assert len(steps) == len(set(steps))
+
+
+def test_same_seed_same_result(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    for sub in ("a", "b"):
+        train_critic(cfg, data, tmp_path / sub, torch.device("cpu"), quiet=True)
+    a, b = _tensors(tmp_path / "a" / "critic.safetensors"), _tensors(tmp_path / "b" / "critic.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg.seed = 1
+    train_critic(cfg, data, tmp_path / "c", torch.device("cpu"), quiet=True)
+    c = _tensors(tmp_path / "c" / "critic.safetensors")
+    assert not torch.equal(a["q.layers.0.weight"], c["q.layers.0.weight"])
+
+
+def test_checkpoint_metadata_and_lineage(trained):
+    run, cfg, out = trained
+    actor = load_checkpoint(run / "actor.safetensors", "actor")
+    assert actor.meta["dataset_id"] == cfg.dataset and actor.meta["step"] == cfg.extract.steps
+    assert actor.config["extract"]["beta"] == cfg.extract.beta  # the resolved config travels with it
+    assert set(actor.meta["parents"]) == {"behavior.safetensors", "critic.safetensors"}
+    assert actor.meta["parents"]["critic.safetensors"] == out["critic"]["sha256"]
+    assert actor.meta["extra"]["ref_min_score"] is not None
+    critic = load_checkpoint(run / "critic.safetensors", "critic")
+    assert {k.split(".")[0] for k in critic.tensors} == {"q", "q_target", "v", "action"}
+    for stage in ("behavior", "critic", "extract"):
+        assert (run / "metrics" / f"{stage}.csv").exists()
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+    real_step, calls = stage.step, {"n": 0}
+
+    def step():
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_step()
+
+    stage.step = step
+    path = tmp_path / "critic.safetensors"
+    with pytest.raises(Interrupted) as exc:
+        fit(stage, cfg.critic.steps, path, quiet=True)
+    assert exc.value.exit_code == 130
+    assert load_checkpoint(path).meta["step"] == 7
+    out = train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True, resume=True)
+    assert out["start_step"] == 7 and out["step"] == cfg.critic.steps
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+    real_step, calls = stage.step, {"n": 0}
+
+    def step():
+        calls["n"] += 1
+        out = real_step()
+        if calls["n"] >= 25:
+            out["q_loss"] = torch.tensor(float("nan"))
+        return out
+
+    stage.step = step
+    path = tmp_path / "critic.safetensors"
+    with pytest.raises(RuntimeFailure, match="non-finite q_loss"):
+        fit(stage, cfg.critic.steps, path, quiet=True, log_every=10, ckpt_every=20)
+    assert load_checkpoint(path).meta["step"] == 20
+
+
+def test_refuses_to_overwrite_without_resume_or_force(tmp_path):
+    path = tmp_path / "actor.safetensors"
+    check_can_write(path, resume=False, force=False)
+    path.write_bytes(b"x")
+    with pytest.raises(UsageError, match="already exists"):
+        check_can_write(path, resume=False, force=False)
+    check_can_write(path, resume=False, force=True)
+    with pytest.raises(UsageError, match="contradict"):
+        check_can_write(path, resume=True, force=True)
+    with pytest.raises(RuntimeFailure, match="does not exist"):
+        check_can_write(tmp_path / "none.safetensors", resume=True, force=False)
+
+
+def test_resume_detects_a_state_file_from_another_step(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True, stop_at=10)
+    state = torch.load(state_path(tmp_path / "critic.safetensors"), weights_only=True)
+    state["step"] = 99
+    torch.save(state, state_path(tmp_path / "critic.safetensors"))
+    with pytest.raises(RuntimeFailure, match="interrupted between the two writes"):
+        train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True, resume=True)
+
+
+def test_extract_refuses_checkpoints_from_another_dataset(tmp_path, trained, data, handmade_dataset):
+    run, cfg, _ = trained
+    other = load_transitions(handmade_dataset["id"])
+    cfg2 = tiny_cfg(handmade_dataset["id"])
+    cfg2.critic.batch_size = 2
+    train_critic(cfg2, other, tmp_path, torch.device("cpu"), quiet=True)
+    shutil.copy(run / "behavior.safetensors", tmp_path / "behavior.safetensors")
+    with pytest.raises(RuntimeFailure, match="do not belong together: dataset_id"):
+        train_actor(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
