@@ -79,3 +79,18 @@ def test_behavior_model_recovers_state_conditioned_modes():
     assert np.median(out_neg) == pytest.approx(-0.2, abs=0.06)
     assert np.mean(np.abs(out_neg + 0.2) < 0.15) > 0.85
     assert math.isfinite(float(loss))
+
+
+def test_fast_mish_is_mish():
+    from srpo_cli.diffusion import mish
+
+    x = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64), torch.randn(500, dtype=torch.float64)])
+    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x))
+    xg = x.clone().requires_grad_()
+    mish(xg).sum().backward()
+    xr = x.clone().requires_grad_()
+    torch.nn.functional.mish(xr).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad)
+    assert torch.autograd.gradcheck(mish, (torch.randn(20, dtype=torch.float64, requires_grad=True),))
+    x32 = torch.randn(1000) * 5
+    torch.testing.assert_close(mish(x32), torch.nn.functional.mish(x32), atol=1e-6, rtol=1e-5)

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import tiny_cfg
+
 from srpo_cli.baselines import train_baseline
 from srpo_cli.behavior import train_behavior
 from srpo_cli.checkpoint import load_checkpoint

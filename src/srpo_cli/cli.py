@@ -579,22 +579,24 @@ def eval_cmd(
 
 def _eval_table(summaries: list[dict], aggregate: dict | None) -> None:
     has_score = all("score_mean" in s for s in summaries)
-    t = Table(title="evaluation" + (" (score: normalized, 0-100 scale)" if has_score else ""))
-    for col in (
-        ["run", "policy", "return (mean ± std)"]
-        + (["score 0-100 (mean ± std)"] if has_score else [])
-        + ["mean length", "episodes", "wall s"]
-    ):
-        t.add_column(col, justify="left" if col in ("run", "policy") else "right")
+    multi = len(summaries) > 1
+    title = "evaluation" if multi else f"evaluation of {summaries[0]['run']}"
+    t = Table(title=title, caption="score: normalized, 0-100 scale" if has_score else None)
+    cols = (["run"] if multi else []) + ["policy", "return"] + (["score"] if has_score else [])
+    for col in cols + ["length", "episodes", "wall s"]:
+        t.add_column(col, justify="left" if col in ("run", "policy") else "right", no_wrap=True)
     for s in summaries:
-        row = [s["run"], s["policy"], f"{s['return_mean']:.1f} ± {s['return_std']:.1f}"]
+        row = ([Path(s["run"]).name] if multi else []) + [
+            s["policy"],
+            f"{s['return_mean']:.1f} ± {s['return_std']:.1f}",
+        ]
         if has_score:
             row.append(f"{s['score_mean']:.1f} ± {s['score_std']:.1f}")
         row += [f"{s['length_mean']:.1f}", str(s["episodes"]), f"{s['wall_s']:.1f}"]
         t.add_row(*row)
     if aggregate:
         row = [
-            f"mean over {aggregate['seeds']} seeds",
+            f"{aggregate['seeds']} seeds",
             summaries[0]["policy"],
             f"{aggregate['return_mean']:.1f} ± {aggregate['return_std']:.1f}",
         ]

@@ -43,9 +43,8 @@ class CriticStage(Stage):
         c = self.cfg.critic
         with torch.no_grad():
             q_t = self.q_target(s, a).min(0).values
-        # V(s) and V(s') in one forward; V(s') is the pre-update value, detached, as in the reference.
-        v_both = self.v(torch.cat([s, s2]))
-        v, v_next = v_both[: s.shape[0]], v_both[s.shape[0] :].detach()
+            v_next = self.v(s2)  # V(s') before this step's update, as in the reference
+        v = self.v(s)
         v_loss = expectile_loss(q_t - v, c.expectile)
         y = iql_q_target(r, d, v_next, c.discount)
         q_loss = twin_q_loss(self.q(s, a), y)

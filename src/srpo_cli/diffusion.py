@@ -31,6 +31,40 @@ class VPSchedule:
         return torch.log(alpha_t) - torch.log(sigma_t)
 
 
+class _MishFunction(torch.autograd.Function):
+    """mish(x) = x tanh(softplus(x)) without softplus: tanh(log(1 + e^x)) = w / (w + 2), w = e^x (e^x + 2).
+
+    ATen's CPU mish runs softplus and tanh element by element and its backward is slower still; this form
+    needs one exp and a few multiply-adds, forward and backward, and is what makes the behavior net's
+    training and the extraction step arithmetic-bound on a CPU. Exact to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(x.clamp(max=20.0))  # beyond 20, tanh(softplus(x)) == 1 in float32
+        t = (e + 2.0).mul_(e)
+        t.div_(t + 2.0)
+        ctx.save_for_backward(x, t, e)
+        return x * t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, t, e = ctx.saved_tensors
+        # d/dx mish = t + x * sigmoid(x) * (1 - t^2)
+        sig = e / (e + 1.0)
+        d = torch.addcmul(t, sig.mul_(x), torch.addcmul(torch.ones_like(t), t, t, value=-1.0))
+        return grad * d
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    return _MishFunction.apply(x)
+
+
+class Mish(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mish(x)
+
+
 class GaussianFourierFeatures(nn.Module):
     """Fixed random frequencies W ~ N(0, scale^2): random per seed, never trained, saved as a buffer."""
 
@@ -54,7 +88,7 @@ class LNResBlock(nn.Module):
         self.fc2 = nn.Linear(dim * expansion, dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(F.mish(self.fc1(self.norm(self.dropout(h)))))
+        return h + self.fc2(mish(self.fc1(self.norm(self.dropout(h)))))
 
 
 class ScoreNet(nn.Module):
@@ -75,10 +109,10 @@ class ScoreNet(nn.Module):
         super().__init__()
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.fourier = GaussianFourierFeatures(fourier_dim, fourier_scale)
-        self.time_mlp = nn.Sequential(nn.Linear(2 * fourier_dim, time_dim), nn.Mish(), nn.Linear(time_dim, time_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(2 * fourier_dim, time_dim), Mish(), nn.Linear(time_dim, time_dim))
         self.inp = nn.Linear(action_dim + obs_dim + time_dim, hidden_dim)
         self.blocks = nn.ModuleList([LNResBlock(hidden_dim, expansion, dropout) for _ in range(n_blocks)])
-        self.head = nn.Sequential(nn.Mish(), nn.Linear(hidden_dim, action_dim))
+        self.head = nn.Sequential(Mish(), nn.Linear(hidden_dim, action_dim))
 
     @classmethod
     def from_config(cls, obs_dim: int, action_dim: int, cfg) -> ScoreNet:

@@ -1,0 +1,255 @@
+"""Training speed of each SRPO stage, ours against the authors' reference code, side by side in one process.
+
+    python examples/bench_speed.py --reference /path/to/thu-ml/SRPO [--device cpu] [--rounds 3]
+
+The reference (github.com/thu-ml/SRPO) is not part of srpo: point --reference at a checkout (a work tree or a
+bare git directory). Its files are copied to a temporary folder and patched only to run on --device instead of
+a hard-coded "cuda"; nothing else is changed. Without --reference only our figures are printed.
+
+Both implementations train the same networks on the same random Hopper-sized data (obs 11, action 3) at the
+paper's batch sizes (behavior 2048, critic 256, extract 256). Each implementation runs in its own process (ours
+tunes the allocator; the reference must not inherit that), alternating ours/reference for --rounds rounds;
+the median steps/s of each is reported, so machine noise hits both; ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+OBS, ACT, N = 11, 3, 100_000
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, reps: int = 20) -> float:
+    """GFLOP/s of an n x n x n matmul, the best of a few timings."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, n: int, device: torch.device, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------------- ours
+def our_stages(device: torch.device, tmp: Path):
+    from srpo_cli import config
+    from srpo_cli.behavior import BehaviorStage
+    from srpo_cli.critic import CriticStage
+    from srpo_cli.data import Transitions
+    from srpo_cli.extract import ExtractStage
+
+    g = torch.Generator().manual_seed(0)
+    data = Transitions(
+        dataset_id="bench/random-v0",
+        observations=torch.randn(N, OBS, generator=g).to(device),
+        actions=(torch.rand(N, ACT, generator=g) * 2 - 1).to(device),
+        rewards=torch.randn(N, generator=g).to(device),
+        next_observations=torch.randn(N, OBS, generator=g).to(device),
+        terminals=(torch.rand(N, generator=g) < 0.01).float().to(device),
+        episode_returns=torch.randn(100, generator=g).numpy() * 100,
+        action_low=-torch.ones(ACT).numpy(),
+        action_high=torch.ones(ACT).numpy(),
+    )
+    cfg = config.RunConfig()
+    cfg.critic.reward_mode = "none"
+    behavior = BehaviorStage(cfg, data, device)
+    critic = CriticStage(cfg, data, device)
+    behavior.save(tmp / "behavior.safetensors", 0)
+    critic.save(tmp / "critic.safetensors", 0)
+    stages = {"behavior fp32": behavior.step, "critic fp32": critic.step}
+    extract = ExtractStage(cfg, data, device, tmp)
+    stages["extract fp32"] = extract.step
+    cfg_bf = config.RunConfig()
+    cfg_bf.behavior.bf16 = True
+    cfg_bf.extract.bf16_behavior = True
+    stages["behavior bf16"] = BehaviorStage(cfg_bf, data, device).step
+    stages["extract bf16"] = ExtractStage(cfg_bf, data, device, tmp).step
+    return stages
+
+
+# ------------------------------------------------------------------------------------------------------ reference
+def load_reference(path: Path, device: torch.device, tmp: Path):
+    """Copy the reference's model.py and SRPO.py to tmp, patch the device, import them."""
+    dst = tmp / "reference"
+    dst.mkdir()
+    for name in ("model.py", "SRPO.py"):
+        if (path / name).exists():
+            text = (path / name).read_text()
+        else:  # a bare git directory
+            text = subprocess.run(["git", "--git-dir", str(path), "show", f"HEAD:{name}"], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+        (dst / name).write_text(text.replace('"cuda"', f'"{device.type}"'))
+    sys.path.insert(0, str(dst))
+    return importlib.import_module("SRPO")
+
+
+def reference_stages(ref, device: torch.device):
+    def marginal_prob_std(t, beta_1=20.0, beta_0=0.1):
+        log_mean_coeff = -0.25 * t**2 * (beta_1 - beta_0) - 0.5 * t * beta_0
+        return torch.exp(log_mean_coeff), torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
+
+    args = SimpleNamespace(device=device.type, actor_blocks=3, policy_layer=2, q_layer=2, n_policy_epochs=100,
+                           WT="VDS", beta=0.05, regq=0, env="hopper-medium-v2")  # fmt: skip
+    torch.manual_seed(0)
+    s = torch.randn(N, OBS, device=device)
+    a = torch.rand(N, ACT, device=device) * 2 - 1
+    r = torch.randn(N, 1, device=device)
+    s2 = torch.randn(N, OBS, device=device)
+    d = (torch.rand(N, 1, device=device) < 0.01).float()
+
+    def batch(bs):
+        # the reference samples from a pre-shuffled tensor dataset; indexing costs the same for both
+        idx = torch.randint(0, N, (bs,), device=device)
+        return {"s": s[idx], "a": a[idx], "r": r[idx], "s_": s2[idx], "d": d[idx]}
+
+    behavior = ref.SRPO_Behavior(OBS + ACT, ACT, marginal_prob_std, args=args).to(device)
+    critic = ref.SRPO_IQL(OBS + ACT, ACT, args=args).to(device)
+    policy = ref.SRPO(OBS + ACT, ACT, marginal_prob_std, args=args).to(device)
+    policy.q[0] = critic.q[0]
+
+    def behavior_bf16():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            behavior.update_behavior(batch(2048))
+
+    return {
+        "behavior fp32": lambda: behavior.update_behavior(batch(2048)),
+        "behavior bf16": behavior_bf16,
+        "critic fp32": lambda: critic.update_iql(batch(256)),
+        "extract fp32": lambda: policy.update_SRPO_policy(batch(256)),
+    }
+
+
+STEPS = {"behavior": 6, "critic": 200, "extract": 60}
+# behavior: one step is ~20 GFLOP at batch 2048 for 1.64M parameters (forward 2 * P * B, backward 2x that)
+BEHAVIOR_GFLOP = 6 * 1.64e6 * 2048 / 1e9
+
+
+def worker(impl: str, reference: Path | None, device: torch.device, only: list[str]) -> dict[str, float]:
+    """Measure one implementation's stages once, in this process (the caller gives each its own process, so
+    the reference runs with the allocator and threads it would have on its own)."""
+    tmp = Path(tempfile.mkdtemp(prefix="srpo-bench-"))
+    try:
+        stages = (
+            our_stages(device, tmp)
+            if impl == "ours"
+            else reference_stages(load_reference(reference, device, tmp), device)
+        )
+        out = {}
+        for name, fn in stages.items():
+            if only and not any(name.startswith(o) for o in only):
+                continue
+            out[name] = timed(fn, STEPS[name.split()[0]], device)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_worker(impl: str, args) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", impl, "--device", args.device, "--only", args.only]
+    if args.reference:
+        cmd += ["--reference", str(args.reference)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{impl} worker failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reference", type=Path, help="checkout (or bare git dir) of github.com/thu-ml/SRPO")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated stage prefixes to run, e.g. critic,extract")
+    ap.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    only = [x for x in args.only.split(",") if x]
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.reference, device, only)))
+        return 0
+    results: dict[str, dict[str, list[float]]] = {}
+    for _ in range(args.rounds):
+        impls = ["ours"] + (["reference"] if args.reference else [])
+        for impl in impls:
+            for name, v in run_worker(impl, args).items():
+                results.setdefault(name, {"ours": [], "reference": []})[impl].append(v)
+    peak32 = matmul_peak(torch.float32, device)
+    peak16 = matmul_peak(torch.bfloat16, device)
+    rows = {}
+    for name, r in results.items():
+        if not r["ours"]:
+            continue
+        ours_m = statistics.median(r["ours"])
+        ref_m = statistics.median(r["reference"]) if r["reference"] else None
+        row = {"ours_steps_per_s": ours_m, "reference_steps_per_s": ref_m}
+        if ref_m:
+            row["speedup"] = ours_m / ref_m
+        ref32 = results.get(name.split()[0] + " fp32", {}).get("reference")
+        if name.endswith("bf16") and ref32:
+            row["speedup_vs_reference_fp32"] = ours_m / statistics.median(ref32)
+        if name.startswith("behavior"):
+            row["gflop_per_s"] = ours_m * BEHAVIOR_GFLOP
+            row["fraction_of_fp32_peak"] = row["gflop_per_s"] / peak32
+        rows[name] = row
+    out = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+        "stages": rows,
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"device {device}, {out['threads']} threads, torch {torch.__version__}")
+    print(f"matmul peak (1024^3): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"{'stage':<16}{'ours steps/s':>14}{'reference':>12}{'speedup':>10}  notes")
+    for name, row in rows.items():
+        ref = f"{row['reference_steps_per_s']:.1f}" if row["reference_steps_per_s"] else "-"
+        sp = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        notes = []
+        if "speedup_vs_reference_fp32" in row:
+            notes.append(f"{row['speedup_vs_reference_fp32']:.2f}x reference fp32")
+        if "gflop_per_s" in row:
+            notes.append(f"{row['gflop_per_s']:.0f} GFLOP/s = {100 * row['fraction_of_fp32_peak']:.0f}% of fp32 peak")
+        print(f"{name:<16}{row['ours_steps_per_s']:>14.1f}{ref:>12}{sp:>10}  {'; '.join(notes)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

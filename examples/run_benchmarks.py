@@ -1,0 +1,119 @@
+"""Run the whole comparison on several datasets and seeds, and write a Markdown table.
+
+    python examples/run_benchmarks.py --datasets bench/hopper/medium-v0 --seeds 0,1,2 --out .bench-data/results.md
+
+For each dataset and seed: behavior model, critic, SRPO actor, AWR and BC policies on the same data and budget
+(the dataset's preset, or --preset), then evaluation of SRPO, the diffusion-policy baseline, AWR and BC, and
+the action latency of SRPO vs the diffusion baseline. Finished stages in the run directories are reused, so an
+interrupted benchmark continues where it stopped. The table records the command line that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srpo_cli import config
+from srpo_cli.baselines import train_baseline
+from srpo_cli.behavior import train_behavior
+from srpo_cli.checkpoint import load_checkpoint
+from srpo_cli.critic import train_critic
+from srpo_cli.data import load_transitions
+from srpo_cli.extract import train_actor
+from srpo_cli.runner import bench_run, evaluate_run
+from srpo_cli.training import resolve_device, state_path
+
+POLICIES = ("srpo", "diffusion", "awr", "bc")
+
+
+def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
+    device = resolve_device(cfg.device)
+    run_dir = cfg.resolved_run_dir()
+    data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
+    walls = {}
+    stages = [
+        ("behavior", "behavior.safetensors", cfg.behavior.steps, train_behavior),
+        ("critic", "critic.safetensors", cfg.critic.steps, train_critic),
+        ("extract", "actor.safetensors", cfg.extract.steps, train_actor),
+        ("awr", "awr.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("awr", *a, **k)),
+        ("bc", "bc.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("bc", *a, **k)),
+    ]
+    for name, file_name, steps, fn in stages:
+        path = run_dir / file_name
+        if path.exists() and load_checkpoint(path).meta["step"] >= steps:
+            walls[name] = json.loads((run_dir / "walls.json").read_text()).get(name) if (run_dir / "walls.json").exists() else None
+            continue
+        t0 = time.perf_counter()
+        fn(cfg, data, run_dir, device, quiet=quiet, resume=path.exists() and state_path(path).exists())
+        walls[name] = time.perf_counter() - t0
+        old = json.loads((run_dir / "walls.json").read_text()) if (run_dir / "walls.json").exists() else {}
+        (run_dir / "walls.json").write_text(json.dumps({**old, name: walls[name]}))
+    scores = {}
+    for pol in POLICIES:
+        res = evaluate_run(cfg, run_dir, pol)
+        scores[pol] = float(res.normalized(res.returns.mean())) if res.has_ref else float(res.returns.mean())
+    ref = (data.ref_min_score, data.ref_max_score)
+    mean_ret = float(data.episode_returns.mean())
+    scores["dataset"] = 100 * (mean_ret - ref[0]) / (ref[1] - ref[0]) if None not in ref else mean_ret
+    bench = bench_run(cfg, run_dir, repeats=500)
+    return {"scores": scores, "walls": walls, "latency": bench}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", required=True, help="comma-separated Minari ids (local)")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--preset", default=None, help="preset for every dataset (default: each dataset's own)")
+    ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    ap.add_argument("--runs", default=".bench-data/runs/{dataset}/seed{seed}", help="run directory template")
+    ap.add_argument("--out", type=Path, default=Path(".bench-data/results.md"))
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for ds in args.datasets.split(","):
+        per_seed = []
+        for seed in seeds:
+            flags = {"dataset": ds, "seed": seed, "run_dir": args.runs, **config.parse_set(args.set)}
+            cfg = config.resolve(flags, preset=args.preset)
+            print(f"== {ds} seed {seed} -> {cfg.resolved_run_dir()}", file=sys.stderr, flush=True)
+            per_seed.append(run_one(cfg, args.quiet))
+        rows.append((ds, cfg, per_seed))
+    lines = [
+        f"Command: `python {' '.join(shlex.quote(a) for a in ([sys.argv[0]] + (argv or sys.argv[1:])))}`  ",
+        f"Date: {datetime.date.today()}, seeds {args.seeds}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {rows[0][1].device}  ",
+        "Scores: normalized 0-100, mean ± std over seeds of the per-seed mean (final checkpoints).",
+        "",
+        "| dataset | data avg | SRPO | diffusion | AWR | BC | wall s (behavior / critic / extract) | "
+        "latency p50 SRPO / diffusion (µs) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for ds, _cfg, per_seed in rows:
+        cell = {}
+        for k in ("dataset", *POLICIES):
+            v = np.array([r["scores"][k] for r in per_seed])
+            cell[k] = f"{v.mean():.1f} ± {v.std():.1f}"
+        w = {k: np.nanmean([r["walls"].get(k) or np.nan for r in per_seed]) for k in ("behavior", "critic", "extract")}
+        lat = per_seed[0]["latency"]
+        lines.append(
+            f"| {ds} | {cell['dataset']} | {cell['srpo']} | {cell['diffusion']} | {cell['awr']} | {cell['bc']} | "
+            f"{w['behavior']:.0f} / {w['critic']:.0f} / {w['extract']:.0f} | "
+            f"{lat['srpo_p50_us']:.1f} / {lat['diffusion_p50_us']:,.0f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
