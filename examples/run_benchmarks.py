@@ -49,7 +49,11 @@ def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
     for name, file_name, steps, fn in stages:
         path = run_dir / file_name
         if path.exists() and load_checkpoint(path).meta["step"] >= steps:
-            walls[name] = json.loads((run_dir / "walls.json").read_text()).get(name) if (run_dir / "walls.json").exists() else None
+            walls[name] = (
+                json.loads((run_dir / "walls.json").read_text()).get(name)
+                if (run_dir / "walls.json").exists()
+                else None
+            )
             continue
         t0 = time.perf_counter()
         fn(cfg, data, run_dir, device, quiet=quiet, resume=path.exists() and state_path(path).exists())

@@ -36,10 +36,10 @@ def minari_store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_dataset(minari_store) -> str:
-    """The built-in default, with fewer episodes so the session stays fast."""
+    """The built-in default dataset exactly as `srpo fetch` builds it (40,000 transitions, a few seconds)."""
     from srpo_cli.datasets import build_default_dataset
 
-    return build_default_dataset(episodes=30)
+    return build_default_dataset()
 
 
 @pytest.fixture(scope="session")

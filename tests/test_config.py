@@ -48,9 +48,7 @@ def test_precedence_flag_env_file_preset_default(tmp_path):
     assert cfg.extract.beta == 0.05 and cfg.critic.steps == 150_000
     cfg = _resolve(tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}, "critic": {"steps": 7}})
     assert cfg.extract.beta == 0.3 and cfg.critic.steps == 7
-    cfg = _resolve(
-        tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}}, environ={"SRPO_EXTRACT__BETA": "0.4"}
-    )
+    cfg = _resolve(tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}}, environ={"SRPO_EXTRACT__BETA": "0.4"})
     assert cfg.extract.beta == 0.4
     cfg = _resolve(
         tmp_path,
