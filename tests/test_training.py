@@ -99,18 +99,27 @@ def test_checkpoint_metadata_and_lineage(trained):
         assert (run / "metrics" / f"{stage}.csv").exists()
 
 
-def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path, data, default_dataset):
-    cfg = tiny_cfg(default_dataset)
-    stage = CriticStage(cfg, data, torch.device("cpu"))
+def _wrap_step(stage, hook):
+    """Route stage.step through hook(step_number, real_step)."""
     real_step, calls = stage.step, {"n": 0}
 
     def step():
         calls["n"] += 1
-        if calls["n"] == 8:
+        return hook(calls["n"], real_step)
+
+    stage.step = step
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+
+    def interrupt_at_8(n, real_step):
+        if n == 8:
             raise KeyboardInterrupt
         return real_step()
 
-    stage.step = step
+    _wrap_step(stage, interrupt_at_8)
     path = tmp_path / "critic.safetensors"
     with pytest.raises(Interrupted) as exc:
         fit(stage, cfg.critic.steps, path, quiet=True)
@@ -123,16 +132,14 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes(tmp_path, data, default_dataset)
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data, default_dataset):
     cfg = tiny_cfg(default_dataset)
     stage = CriticStage(cfg, data, torch.device("cpu"))
-    real_step, calls = stage.step, {"n": 0}
 
-    def step():
-        calls["n"] += 1
+    def nan_from_25(n, real_step):
         out = real_step()
-        if calls["n"] >= 25:
+        if n >= 25:
             out["q_loss"] = torch.tensor(float("nan"))
         return out
 
-    stage.step = step
+    _wrap_step(stage, nan_from_25)
     path = tmp_path / "critic.safetensors"
     with pytest.raises(RuntimeFailure, match="non-finite q_loss"):
         fit(stage, cfg.critic.steps, path, quiet=True, log_every=10, ckpt_every=20)

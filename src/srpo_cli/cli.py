@@ -741,9 +741,5 @@ def plot_cmd(
         out.print(str(f))
 
 
-def run() -> None:  # pragma: no cover - console entry for python -m
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
