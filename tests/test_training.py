@@ -178,3 +178,23 @@ def test_extract_refuses_checkpoints_from_another_dataset(tmp_path, trained, dat
     shutil.copy(run / "behavior.safetensors", tmp_path / "behavior.safetensors")
     with pytest.raises(RuntimeFailure, match="do not belong together: dataset_id"):
         train_actor(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, data, default_dataset):
+    import os
+    import signal
+
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+
+    def term_at_5(n, real_step):
+        if n == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step()
+
+    _wrap_step(stage, term_at_5)
+    path = tmp_path / "critic.safetensors"
+    with pytest.raises(Interrupted):
+        fit(stage, cfg.critic.steps, path, quiet=True)
+    assert load_checkpoint(path).meta["step"] in (4, 5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after training

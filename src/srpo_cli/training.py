@@ -277,6 +277,7 @@ def fit(
         metrics.write(row)
         progress.update(task, completed=step, rate=f"{rate:,.1f}", losses=_format_losses(stacked))
 
+    previous_term = _raise_on_sigterm()
     try:
         with progress:
             task = progress.add_task(stage.name, total=total_steps, completed=start, rate="-", losses="")
@@ -314,6 +315,8 @@ def fit(
         raise Interrupted(
             f"Interrupted at step {step}; checkpoint written to {ckpt_path}.", "Continue with --resume."
         ) from None
+    finally:
+        _restore_sigterm(previous_term)
     wall = time.perf_counter() - t0
     return {
         "stage": stage.name,
@@ -325,6 +328,27 @@ def fit(
         "checkpoint": str(ckpt_path),
         "sha256": sha256_file(ckpt_path),
     }
+
+
+def _raise_on_sigterm():
+    """Treat SIGTERM (a scheduler's preemption, ``kill``) like Ctrl-C: checkpoint, then exit."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _sync(device: torch.device) -> None:
