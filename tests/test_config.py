@@ -130,7 +130,7 @@ def test_write_yaml_round_trip(tmp_path):
     cfg = config.RunConfig()
     cfg.extract.beta = 0.123
     path = tmp_path / "srpo.yaml"
-    config.write_yaml(cfg, path)
+    config.write_yaml(cfg, path, pin_all=True)
     again = config.resolve({}, config_path=path, environ={})
     assert again.extract.beta == 0.123
     assert again.to_dict() == cfg.to_dict()
@@ -139,3 +139,15 @@ def test_write_yaml_round_trip(tmp_path):
 def test_run_dir_template():
     cfg = config.RunConfig()
     assert cfg.resolved_run_dir(3) == Path("runs/srpo-pendulum-scripted-medium-v0/seed3")
+
+
+def test_written_yaml_does_not_freeze_presets(tmp_path):
+    """A srpo.yaml written for one dataset must not carry its preset's values over to another dataset."""
+    path = tmp_path / "srpo.yaml"
+    default = config.resolve({}, config_path=path, environ={})  # the pendulum preset: critic lr 1e-3
+    config.write_yaml(default, path)
+    assert "critic:" in path.read_text()  # every key is documented in the file...
+    from_file = config.resolve({}, config_path=path, environ={})
+    assert from_file.to_dict() == default.to_dict()
+    hopper = config.resolve({"dataset": "bench/hopper/medium-v0"}, config_path=path, environ={})
+    assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 40_000  # ...but the bench preset applies

@@ -116,8 +116,9 @@ def _config(
     cfg = config.resolve(overrides, preset=preset)
     path = Path(config.CONFIG_FILE)
     if write_default and not path.exists():
-        # The first command that needs a configuration writes one the user can edit (flags not included).
-        base = config.resolve({}, preset=preset)
+        # The first command that needs a configuration writes one the user can edit: the dataset it runs on,
+        # and the hyperparameters in force for it, commented out so that presets keep applying.
+        base = config.resolve({"dataset": cfg.dataset}, preset=preset)
         config.write_yaml(base, path, preset=preset)
         err.print(f"wrote {path} (edit it to change defaults)", style="dim")
     if overrides.get("dataset"):

@@ -382,11 +382,29 @@ def validate(cfg: RunConfig) -> None:
             raise UsageError(f"Invalid value {value!r} for '{key}'.", f"({field_info(key).metadata['help']})")
 
 
-def write_yaml(cfg: RunConfig, path: Path, preset: str | None = None) -> None:
+def write_yaml(cfg: RunConfig, path: Path, preset: str | None = None, pin_all: bool = False) -> None:
+    """Write ``srpo.yaml``: dataset, run directory, device and seed, and every stage's hyperparameters.
+
+    Unless ``pin_all``, the hyperparameters are written commented out, showing the values in force, so that
+    the file documents every key without freezing them: a preset (chosen with ``preset:`` or by the dataset)
+    and srpo's defaults still apply to every key the user has not uncommented.
+    """
     tree = cfg.to_dict()
+    lines = [
+        "# srpo run configuration. Precedence: flag > SRPO_* env var > this file > preset > defaults.",
+        "# Uncomment a section line and a key under it to pin a value; commented keys follow the preset",
+        "# ('srpo presets'; by default the one whose dataset matches) and srpo's defaults.",
+    ]
     if preset:
-        tree = {"preset": preset, **tree}
-    header = "# srpo run configuration. Precedence: flag > SRPO_* env var > this file > preset > defaults.\n"
+        lines.append(f"preset: {preset}")
+    top = {k: v for k, v in tree.items() if k not in SECTIONS}
+    lines.append(yaml.safe_dump(top, sort_keys=False).rstrip())
+    for sec in SECTIONS:
+        body = yaml.safe_dump({sec: tree[sec]}, sort_keys=False).rstrip().splitlines()
+        if pin_all:
+            lines += body
+        else:
+            lines += [f"# {line}" for line in body]
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(tree, sort_keys=False))
+    tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
