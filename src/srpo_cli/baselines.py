@@ -28,6 +28,7 @@ class RegressionStage(Stage):
     def __init__(self, kind: str, cfg: RunConfig, data: Transitions, device: torch.device, run_dir: Path):
         super().__init__(cfg, data, device, cfg.baseline.batch_size)
         self.kind = kind
+        self.name = kind  # metrics/<kind>.csv and the progress bar's label
         self.ckpt_stage = kind
         self.file_name = f"{kind}.safetensors"
         c = cfg.baseline
@@ -75,7 +76,6 @@ def train_baseline(
 ) -> dict[str, Any]:
     """Train the ``awr`` or ``bc`` policy; writes ``run_dir/<kind>.safetensors``."""
     stage = RegressionStage(kind, cfg, data, device, run_dir)
-    stage.name = kind
     c = cfg.baseline
     return fit(
         stage,
