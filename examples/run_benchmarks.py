@@ -24,21 +24,26 @@ import torch
 from srpo_cli import config
 from srpo_cli.baselines import train_baseline
 from srpo_cli.behavior import train_behavior
-from srpo_cli.checkpoint import load_checkpoint
 from srpo_cli.critic import train_critic
 from srpo_cli.data import load_transitions
 from srpo_cli.extract import train_actor
-from srpo_cli.runner import bench_run, evaluate_run
-from srpo_cli.training import resolve_device, state_path
+from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, stage_plan
+from srpo_cli.training import resolve_device
 
 POLICIES = ("srpo", "diffusion", "awr", "bc")
+
+
+def _record_wall(run_dir, name: str, seconds: float) -> None:
+    path = run_dir / "walls.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, name: seconds}))
 
 
 def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
     device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
     data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
-    walls = {}
     stages = [
         ("behavior", "behavior.safetensors", cfg.behavior.steps, train_behavior),
         ("critic", "critic.safetensors", cfg.critic.steps, train_critic),
@@ -46,20 +51,21 @@ def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
         ("awr", "awr.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("awr", *a, **k)),
         ("bc", "bc.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("bc", *a, **k)),
     ]
+    plans = {name: stage_plan(run_dir / file_name, steps) for name, file_name, steps, _ in stages}
+    pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
+    if len(pre) == 2 and cfg.parallel_pretrain and device.type == "cpu" and torch.get_num_threads() >= 2:
+        # Wall time of each stage as it ran beside the other; the pipeline's time is the larger of the two.
+        walls = pretrain_side_by_side(cfg, run_dir, {n: plans[n] == "resume" for n in pre}, quiet, None)
+        for name, seconds in walls.items():
+            _record_wall(run_dir, name, seconds)
     for name, file_name, steps, fn in stages:
-        path = run_dir / file_name
-        if path.exists() and load_checkpoint(path).meta["step"] >= steps:
-            walls[name] = (
-                json.loads((run_dir / "walls.json").read_text()).get(name)
-                if (run_dir / "walls.json").exists()
-                else None
-            )
+        plan = stage_plan(run_dir / file_name, steps)  # afresh: the side-by-side stages are finished now
+        if plan == "skip":
             continue
         t0 = time.perf_counter()
-        fn(cfg, data, run_dir, device, quiet=quiet, resume=path.exists() and state_path(path).exists())
-        walls[name] = time.perf_counter() - t0
-        old = json.loads((run_dir / "walls.json").read_text()) if (run_dir / "walls.json").exists() else {}
-        (run_dir / "walls.json").write_text(json.dumps({**old, name: walls[name]}))
+        fn(cfg, data, run_dir, device, quiet=quiet, resume=plan == "resume")
+        _record_wall(run_dir, name, time.perf_counter() - t0)
+    walls = json.loads((run_dir / "walls.json").read_text())
     scores = {}
     for pol in POLICIES:
         res = evaluate_run(cfg, run_dir, pol)

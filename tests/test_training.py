@@ -198,3 +198,32 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, data, default_dataset):
         fit(stage, cfg.critic.steps, path, quiet=True)
     assert load_checkpoint(path).meta["step"] in (4, 5)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after training
+
+
+def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, default_dataset):
+    """The pipeline's CPU mode (behavior and critic in two processes, one thread each) must train exactly what
+    the stages train one after the other with one thread."""
+    from srpo_cli.runner import pretrain_side_by_side
+
+    cfg = tiny_cfg(default_dataset, threads=2)  # two threads in all: one per process
+    walls = pretrain_side_by_side(cfg, tmp_path / "par", {"behavior": False, "critic": False})
+    assert set(walls) == {"behavior", "critic"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_behavior(cfg, data, tmp_path / "seq", torch.device("cpu"), quiet=True)
+        train_critic(cfg, data, tmp_path / "seq", torch.device("cpu"), quiet=True)
+    finally:
+        torch.set_num_threads(before)
+    for name in ("behavior.safetensors", "critic.safetensors"):
+        a, b = _tensors(tmp_path / "par" / name), _tensors(tmp_path / "seq" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_dataset):
+    from srpo_cli.runner import pretrain_side_by_side
+
+    cfg = tiny_cfg(default_dataset, threads=2)
+    cfg.critic.batch_size = 10**7  # larger than the dataset: the critic's process fails with a usage error
+    with pytest.raises(UsageError, match="larger than the dataset"):
+        pretrain_side_by_side(cfg, tmp_path, {"behavior": False, "critic": False})

@@ -98,6 +98,7 @@ SetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (0: torch's default).")]
 
 
 def _config(
@@ -114,6 +115,10 @@ def _config(
         if key != "dataset" and key in config.all_keys():
             overrides[key] = config._coerce(key, value, "the command line")
     cfg = config.resolve(overrides, preset=preset)
+    if cfg.threads:
+        from .training import set_threads
+
+        set_threads(cfg.threads)
     path = Path(config.CONFIG_FILE)
     if write_default and not path.exists():
         # The first command that needs a configuration writes one the user can edit: the dataset it runs on,
@@ -217,6 +222,7 @@ def pretrain_behavior(
         bool | None,
         typer.Option("--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with AMX/AVX512-BF16 and GPUs)."),
     ] = None,
+    threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     set_: SetOpt = None,
@@ -228,6 +234,7 @@ def pretrain_behavior(
         "dataset": dataset,
         "run_dir": run,
         "device": device,
+        "threads": threads,
         "seed": seed,
         "behavior.steps": steps,
         "behavior.batch_size": batch_size,
@@ -246,6 +253,7 @@ def pretrain_critic(
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     set_: SetOpt = None,
@@ -257,6 +265,7 @@ def pretrain_critic(
         "dataset": dataset,
         "run_dir": run,
         "device": device,
+        "threads": threads,
         "seed": seed,
         "critic.steps": steps,
         "critic.batch_size": batch_size,
@@ -279,6 +288,7 @@ def extract(
     bf16: Annotated[
         bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast on the frozen behavior net.")
     ] = None,
+    threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     set_: SetOpt = None,
@@ -290,6 +300,7 @@ def extract(
         "dataset": dataset,
         "run_dir": run,
         "device": device,
+        "threads": threads,
         "seed": seed,
         "extract.beta": beta,
         "extract.steps": steps,
@@ -690,6 +701,7 @@ def pipeline_cmd(
     preset: PresetOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain stages whose checkpoints exist.")] = False,
     quiet: QuietOpt = False,
@@ -699,7 +711,8 @@ def pipeline_cmd(
     and print the comparison table. Finished stages are reused unless --force."""
     from .runner import run_pipeline
 
-    cfg = _config(preset, {"dataset": dataset, "run_dir": run, "device": device, "seed": seed}, set_)
+    flags = {"dataset": dataset, "run_dir": run, "device": device, "seed": seed, "threads": threads}
+    cfg = _config(preset, flags, set_)
     _ensure_dataset(cfg.dataset)
     result = run_pipeline(cfg, force=force, quiet=quiet, log=err)
     if as_json:

@@ -159,6 +159,12 @@ class RunConfig:
     run_dir: str = _f("runs/{dataset}/seed{seed}", "run directory; {dataset} and {seed} are filled in")
     device: str = _f("auto", "auto|cpu|cuda|mps", ("auto", "cpu", "cuda", "mps"))
     seed: int = _f(0, "training seed")
+    threads: int = _f(0, "CPU threads torch may use (0: torch's default, usually one per core)")
+    parallel_pretrain: bool = _f(
+        True,
+        "pipeline on a CPU: train the behavior model and the critic at the same time in two processes, each "
+        "with half the threads (they are independent; measured faster than one after the other)",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)

@@ -150,35 +150,150 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     }
 
 
+def stage_plan(path: Path, steps: int, force: bool = False) -> str:
+    """What a pipeline does with one stage's checkpoint: 'skip' (finished), 'resume' (partial, with its
+    training state) or 'train' (absent, or --force)."""
+    from .training import state_path
+
+    if force or not path.exists():
+        return "train"
+    if load_checkpoint(path).meta["step"] >= steps:
+        return "skip"
+    return "resume" if state_path(path).exists() else "train"
+
+
+def _pretrain_worker(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, threads: int) -> dict[str, Any]:
+    """One pretraining stage in its own process (spawned: nothing inherited but its arguments)."""
+    from .behavior import train_behavior
+    from .critic import train_critic
+    from .data import load_transitions
+    from .training import set_threads
+
+    set_threads(threads)
+    device = resolve_device(cfg.device)
+    data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
+    fn = train_behavior if stage == "behavior" else train_critic
+    return fn(cfg, data, run_dir, device, resume=resume, quiet=True)
+
+
+def _last_metrics(path: Path) -> dict[str, str]:
+    """The last complete row of a metrics CSV that another process is appending to."""
+    try:
+        with open(path, "rb") as f:
+            header = f.readline().decode().strip().split(",")
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="ignore").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines[1:] if len(lines) > 1 else []):
+        values = line.split(",")
+        if len(values) == len(header) and values[0].isdigit():
+            return dict(zip(header, values, strict=True))
+    return {}
+
+
+def pretrain_side_by_side(
+    cfg: RunConfig, run_dir: Path, resume: dict[str, bool], quiet: bool = False, log=None
+) -> dict[str, float]:
+    """Train the behavior model and the critic at the same time, each in its own process with half of the
+    CPU threads. Both only read the dataset, and two single-thread trainings keep two cores busier than one
+    two-thread training after another: small matmuls scale poorly across threads (BENCHMARKS.md).
+
+    Returns each stage's wall time. Ctrl-C reaches both processes, which checkpoint before the error is
+    re-raised here.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .errors import Interrupted
+
+    threads = max(1, (cfg.threads or torch.get_num_threads()) // 2)
+    steps = {"behavior": cfg.behavior.steps, "critic": cfg.critic.steps}
+    if log:
+        log.print(f"training behavior and critic side by side, {threads} thread(s) each", style="dim")
+    t0 = time.perf_counter()
+    walls: dict[str, float] = {}
+    progress = Progress(
+        TextColumn("[bold]{task.description}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} steps/s {task.fields[losses]}"),
+        console=log,
+        disable=quiet or log is None,
+    )
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
+        futures = {name: pool.submit(_pretrain_worker, name, cfg, run_dir, resume[name], threads) for name in resume}
+        tasks = {name: progress.add_task(name, total=steps[name], rate="-", losses="") for name in futures}
+        try:
+            with progress:
+                while not all(f.done() for f in futures.values()):
+                    for name, fut in futures.items():
+                        if fut.done() and name not in walls:
+                            walls[name] = time.perf_counter() - t0
+                        row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
+                        if row:
+                            losses = " ".join(
+                                f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s")
+                            )
+                            progress.update(
+                                tasks[name], completed=int(row["step"]), rate=row.get("steps_per_s", "-"), losses=losses
+                            )
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            for fut in futures.values():
+                try:
+                    fut.result()
+                except Exception:
+                    pass
+            raise Interrupted(
+                "Interrupted; both pretraining stages wrote a checkpoint.", "Run the pipeline again to resume."
+            ) from None
+        for name, fut in futures.items():
+            fut.result()  # re-raises a worker's SrpoError here, with its message
+            walls.setdefault(name, time.perf_counter() - t0)
+    return walls
+
+
 def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=None) -> dict[str, Any]:
-    """fetch -> behavior -> critic -> extract -> eval (SRPO, diffusion baseline) -> bench, in one run dir."""
+    """fetch -> behavior -> critic -> extract -> eval (SRPO, diffusion baseline) -> bench, in one run dir.
+
+    On a CPU with ``parallel_pretrain`` (the default) the behavior model and critic train side by side."""
     from .behavior import train_behavior
     from .critic import train_critic
     from .data import load_transitions
     from .extract import train_actor
-    from .training import state_path
 
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
     data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
     stages = [
-        ("behavior.safetensors", train_behavior),
-        ("critic.safetensors", train_critic),
-        ("actor.safetensors", train_actor),
+        ("behavior", "behavior.safetensors", cfg.behavior.steps, train_behavior),
+        ("critic", "critic.safetensors", cfg.critic.steps, train_critic),
+        ("extract", "actor.safetensors", cfg.extract.steps, train_actor),
     ]
-    for file_name, fn in stages:
-        path = run_dir / file_name
-        if path.exists() and not force:
-            ck = load_checkpoint(path)
-            if ck.meta["step"] >= getattr(cfg, "extract" if ck.stage == "actor" else ck.stage).steps:
-                if log:
-                    log.print(f"{file_name}: finished earlier, reused (--force to retrain)", style="dim")
-                continue
-            if state_path(path).exists():
-                fn(cfg, data, run_dir, device, resume=True, quiet=quiet)
-                continue
-        fn(cfg, data, run_dir, device, quiet=quiet)
+    plans = {name: stage_plan(run_dir / file_name, steps, force) for name, file_name, steps, _ in stages}
+    pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
+    side_by_side = (
+        len(pre) == 2
+        and cfg.parallel_pretrain
+        and device.type == "cpu"
+        and (cfg.threads or torch.get_num_threads()) >= 2
+    )
+    if side_by_side:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pretrain_side_by_side(cfg, run_dir, {n: plans[n] == "resume" for n in pre}, quiet, log)
+    for name, file_name, _, fn in stages:
+        if plans[name] == "skip":
+            if log:
+                log.print(f"{file_name}: finished earlier, reused (--force to retrain)", style="dim")
+            continue
+        if side_by_side and name in pre:
+            continue
+        fn(cfg, data, run_dir, device, resume=plans[name] == "resume", quiet=quiet)
     if log:
         log.print("evaluating the SRPO actor and the diffusion baseline ...", style="dim")
     srpo = evaluate_run(cfg, run_dir, "srpo")

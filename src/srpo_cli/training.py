@@ -48,6 +48,15 @@ def tune_malloc() -> None:
 tune_malloc()
 
 
+def set_threads(threads: int) -> int:
+    """Apply the ``threads`` config field (0 keeps torch's default); returns the count in force."""
+    if threads < 0:
+        raise UsageError(f"threads must be 0 (torch's default) or positive, not {threads}.")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda if present, else mps, else cpu. An unavailable explicit choice is a usage error."""
     if name == "auto":
