@@ -85,8 +85,9 @@ def test_fast_mish_is_mish():
     from srpo_cli.diffusion import mish
 
     x = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64), torch.randn(500, dtype=torch.float64)])
-    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x))
+    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x))  # no-grad path (frozen nets)
     xg = x.clone().requires_grad_()
+    torch.testing.assert_close(mish(xg).detach(), torch.nn.functional.mish(x))  # autograd path
     mish(xg).sum().backward()
     xr = x.clone().requires_grad_()
     torch.nn.functional.mish(xr).sum().backward()

@@ -83,8 +83,36 @@ def test_q_gradient_mean_min_and_normalization():
         return torch.stack([(a**2).sum(-1), 3.0 * a.sum(-1)])
 
     s, a = torch.zeros(1, 1), torch.tensor([[1.0, 2.0]])
-    torch.testing.assert_close(q_gradient(q_net, s, a, "mean", False), torch.tensor([[2.5, 3.5]]))
+    g, q = q_gradient(q_net, s, a, "mean", False)
+    torch.testing.assert_close(g, torch.tensor([[2.5, 3.5]]))
+    torch.testing.assert_close(q, torch.tensor([7.0]))
     # min picks the network with the lower value per sample: (1 + 4 = 5) < (3 * 3 = 9)
-    torch.testing.assert_close(q_gradient(q_net, s, a, "min", False), torch.tensor([[2.0, 4.0]]))
-    g = q_gradient(q_net, s, a, "mean", True)
+    torch.testing.assert_close(q_gradient(q_net, s, a, "min", False)[0], torch.tensor([[2.0, 4.0]]))
+    g, _ = q_gradient(q_net, s, a, "mean", True)
     assert float((g**2).mean()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "min"])
+def test_srpo_loss_through_q_has_the_explicit_q_gradient_form(reduce):
+    """The extraction's one-backward form must give the actor exactly the gradient of the spec's
+    mean(w <e, a> - beta <g, a>) with g = dQ/da detached."""
+    from srpo_cli.extract import reduce_q
+    from srpo_cli.losses import srpo_loss_through_q
+    from srpo_cli.networks import EnsembleQ, TanhActor
+
+    torch.manual_seed(0)
+    actor, q_net = TanhActor(5, 3, 32, 2), EnsembleQ(5, 3, 32, 2).requires_grad_(False)
+    s, eps, w = torch.randn(64, 5), torch.randn(64, 3), torch.rand(64)
+    grads = []
+    for form in ("explicit", "through_q"):
+        actor.zero_grad()
+        a = actor(s)
+        if form == "explicit":
+            g, _ = q_gradient(q_net, s, a, reduce, False)
+            loss = srpo_loss(a, eps, w, g, beta=0.3)[0]
+        else:
+            loss = srpo_loss_through_q(a, eps, w, reduce_q(q_net(s, a), reduce), beta=0.3)[0]
+        loss.backward()
+        grads.append([p.grad.clone() for p in actor.parameters()])
+    for explicit, through_q in zip(*grads, strict=True):
+        torch.testing.assert_close(through_q, explicit, rtol=1e-5, atol=1e-7)

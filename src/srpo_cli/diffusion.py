@@ -56,8 +56,19 @@ class _MishFunction(torch.autograd.Function):
         return grad * d
 
 
+def _mish_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """The same formula when nothing needs a backward (the frozen behavior net in extraction and sampling):
+    in place, so two temporaries instead of five and nothing saved."""
+    e = x.clamp(max=20.0).exp_()
+    w = e.add(2.0).mul_(e)
+    # w / (w + 2) = 1 - 2 / (w + 2)
+    return w.add_(2.0).reciprocal_().mul_(-2.0).add_(1.0).mul_(x)
+
+
 def mish(x: torch.Tensor) -> torch.Tensor:
-    return _MishFunction.apply(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MishFunction.apply(x)
+    return _mish_no_grad(x)
 
 
 class Mish(nn.Module):

@@ -17,7 +17,7 @@ from .critic import FILE_NAME as CRITIC_FILE
 from .data import Transitions
 from .diffusion import VPSchedule
 from .errors import RuntimeFailure
-from .losses import srpo_loss, srpo_weight
+from .losses import srpo_loss, srpo_loss_through_q, srpo_weight
 from .networks import TanhActor
 from .policies import check_same_lineage, load_behavior, load_critic
 from .training import Stage, fit
@@ -25,18 +25,23 @@ from .training import Stage, fit
 FILE_NAME = "actor.safetensors"
 
 
+def reduce_q(qs: torch.Tensor, reduce: str) -> torch.Tensor:
+    """[n_q, B] -> [B]: the mean (reference) or the min of the twin target Qs."""
+    return qs.mean(0) if reduce == "mean" else qs.min(0).values
+
+
 def q_gradient(
     q_target: torch.nn.Module, s: torch.Tensor, a: torch.Tensor, reduce: str, normalize: bool
-) -> torch.Tensor:
-    """g = d/da of the mean (or min) of the target twin Q at (s, a); optionally RMS-normalized per sample."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, Q): g = d/da of the mean (or min) of the target twin Q at (s, a), optionally RMS-normalized per
+    sample; Q its value there."""
     a = a.detach().requires_grad_(True)
     with torch.enable_grad():
-        qs = q_target(s, a)
-        q = qs.mean(0) if reduce == "mean" else qs.min(0).values
+        q = reduce_q(q_target(s, a), reduce)
         (g,) = torch.autograd.grad(q.sum(), a)
     if normalize:
         g = g / torch.sqrt((g**2).mean(-1, keepdim=True) + 1e-12)
-    return g
+    return g, q.detach()
 
 
 def check_inputs(behavior_ckpt, critic_ckpt, data: Transitions) -> None:
@@ -74,7 +79,7 @@ class ExtractStage(Stage):
 
     def step(self) -> dict[str, torch.Tensor]:
         idx = self.sampler.next()
-        loss, score_term, q_term = srpo_actor_loss(
+        loss, score_term, q_value = srpo_actor_loss(
             self.actor,
             self.data.observations[idx],
             self.eps_net,
@@ -90,7 +95,7 @@ class ExtractStage(Stage):
         opt.step()
         if self.schedulers:
             self.schedulers["actor"].step()
-        return {"loss": loss.detach(), "score_term": score_term.detach(), "q_term": q_term.detach()}
+        return {"loss": loss.detach(), "score_term": score_term.detach(), "q_value": q_value.detach()}
 
 
 def srpo_actor_loss(
@@ -103,7 +108,8 @@ def srpo_actor_loss(
     generator: torch.Generator,
     device_type: str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One SRPO loss evaluation (spec, stage 3, steps 1-6). ``q_net(s, a)`` returns [n_q, B]."""
+    """One SRPO loss evaluation (spec, stage 3, steps 1-6). ``q_net(s, a)`` returns [n_q, B] and must be
+    frozen (no parameter gradients). Returns (loss, score term, mean Q of the actor's actions)."""
     a = actor(s)
     b = s.shape[0]
     t = torch.rand(b, device=s.device, generator=generator) * (c.t_max - c.t_min) + c.t_min
@@ -114,8 +120,14 @@ def srpo_actor_loss(
     if c.noise_baseline:
         eps = eps - z
     w = srpo_weight(alpha_t, sigma_t, c.weighting)
-    g = q_gradient(q_net, s, a, c.q_reduce, c.normalize_q_grad)
-    return srpo_loss(a, eps, w, g, c.beta)
+    if c.normalize_q_grad:
+        g, q = q_gradient(q_net, s, a, c.q_reduce, True)
+        loss, score_term, _ = srpo_loss(a, eps, w, g, c.beta)
+        return loss, score_term, q.mean()
+    # Without normalization, d/dtheta <g, pi(s)> with g = dQ/da detached is exactly d/dtheta Q(s, pi(s)) for a
+    # frozen Q: one backward pass through Q and the actor instead of a separate autograd.grad for g.
+    q = reduce_q(q_net(s, a), c.q_reduce)
+    return srpo_loss_through_q(a, eps, w, q, c.beta)
 
 
 def train_actor(

@@ -43,6 +43,18 @@ def srpo_loss(
     return score_term - beta * q_term, score_term, q_term
 
 
+def srpo_loss_through_q(
+    a: torch.Tensor, eps: torch.Tensor, w: torch.Tensor, q: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same loss gradient as ``srpo_loss`` when ``q`` = Q(s, a) of a frozen Q, still attached to a.
+
+    Returns (loss, score term, mean Q) for logging.
+    """
+    score_term = (w * (eps.detach() * a).sum(-1)).mean()
+    q_mean = q.mean()
+    return score_term - beta * q_mean, score_term, q_mean.detach()
+
+
 def weighted_regression_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """AWR/BC: mean(weight * ||pi(s) - a||^2)."""
     return (weight * ((pred - target) ** 2).sum(-1)).mean()
