@@ -101,7 +101,10 @@ def main(argv=None) -> int:
         f"Command: `python {' '.join(shlex.quote(a) for a in ([sys.argv[0]] + (argv or sys.argv[1:])))}`  ",
         f"Date: {datetime.date.today()}, seeds {args.seeds}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device {rows[0][1].device}  ",
-        "Scores: normalized 0-100, mean ± std over seeds of the per-seed mean (final checkpoints).",
+        "Scores: normalized 0-100, mean ± std over seeds of the per-seed mean (final checkpoints), "
+        f"{rows[0][1].eval.episodes} episodes per seed.  ",
+        "Wall times: behavior and critic ran side by side (one process each, half the threads) when "
+        f"parallel_pretrain is on ({rows[0][1].parallel_pretrain}); the pretraining wall is the larger of the two.",
         "",
         "| dataset | data avg | SRPO | diffusion | AWR | BC | wall s (behavior / critic / extract) | "
         "latency p50 SRPO / diffusion (µs) |",

@@ -83,6 +83,11 @@ def test_bad_values_are_usage_errors(tmp_path):
         config.parse_set(["extract.weighting=cubic"])
     with pytest.raises(UsageError, match="critic.expectile"):
         _resolve(tmp_path, file_tree={"critic": {"expectile": 1.5}})
+    with pytest.raises(UsageError, match="extract.beta"):
+        _resolve(tmp_path, file_tree={"extract": {"beta": -0.1}})
+    assert _resolve(tmp_path, file_tree={"extract": {"beta": 0}}).extract.beta == 0  # the pure-regularization ablation
+    with pytest.raises(UsageError, match="threads"):
+        _resolve(tmp_path, file_tree={"threads": -1})
 
 
 def test_set_coerces_types():

@@ -88,7 +88,7 @@ class CriticConfig:
 class ExtractConfig:
     """Stage 3: SRPO policy extraction of the deterministic actor pi(s)."""
 
-    beta: float = _f(0.05, "temperature: larger = greedier w.r.t. Q (hopper-medium 0.05)")
+    beta: float = _f(0.05, "temperature: larger = greedier w.r.t. Q (hopper-medium 0.05); 0 ignores Q")
     steps: int = _f(1_000_000, "gradient steps (paper budget 1M)")
     batch_size: int = _f(256, "states per step")
     lr: float = _f(3e-4, "Adam learning rate")
@@ -373,7 +373,8 @@ def validate(cfg: RunConfig) -> None:
         ("critic.expectile", 0.0 < cfg.critic.expectile < 1.0),
         ("critic.discount", 0.0 <= cfg.critic.discount <= 1.0),
         ("critic.tau", 0.0 < cfg.critic.tau <= 1.0),
-        ("extract.beta", cfg.extract.beta > 0),
+        ("threads", cfg.threads >= 0),
+        ("extract.beta", cfg.extract.beta >= 0),  # 0: pure behavior regularization (an ablation)
         ("behavior.t_min", 0.0 < cfg.behavior.t_min < cfg.behavior.t_max <= 1.0),
         ("extract.t_min", 0.0 < cfg.extract.t_min < cfg.extract.t_max <= 1.0),
         ("eval.episodes", cfg.eval.episodes > 0),
