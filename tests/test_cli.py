@@ -88,6 +88,8 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     r = srpo("eval", "--seeds", "0,1", "--episodes", "2", "--json", *TINY)
     agg = json.loads(r.stdout)["aggregate"]
     assert agg["seeds"] == 2 and "score_std" in agg
+    r = srpo("plot", str(run), str(run.parent / "seed1"), "--no-mean", "--out", "variants")
+    assert r.exit_code == 0 and (workdir / "variants" / "extract.png").exists()
 
     # re-running a finished stage refuses and changes nothing
     before = tree(run)

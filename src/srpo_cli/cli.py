@@ -322,6 +322,7 @@ def train_baseline_cmd(
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     set_: SetOpt = None,
@@ -335,6 +336,7 @@ def train_baseline_cmd(
         "dataset": dataset,
         "run_dir": run,
         "device": device,
+        "threads": threads,
         "seed": seed,
         "baseline.steps": steps,
         "baseline.batch_size": batch_size,
@@ -746,11 +748,14 @@ def plot_cmd(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for the PNGs (default: first run's plots/).")
     ] = None,
+    mean: Annotated[
+        bool, typer.Option("--mean/--no-mean", help="Draw the runs' mean and spread (seeds); off for variants.")
+    ] = True,
 ) -> None:
     """Draw each stage's losses and the score over training as PNG files."""
     from .plots import plot_runs
 
-    files = plot_runs(run_dirs, out_dir)
+    files = plot_runs(run_dirs, out_dir, mean=mean)
     for f in files:
         out.print(str(f))
 

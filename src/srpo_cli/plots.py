@@ -23,8 +23,9 @@ def _read(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def plot_runs(run_dirs: list[Path], out_dir: Path | None = None) -> list[Path]:
-    """One PNG per stage; each metric a panel; several runs as mean with a min-max band."""
+def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = True) -> list[Path]:
+    """One PNG per stage; each metric a panel; several runs (seeds) each labelled by its directory name, with
+    their mean and min-max band unless ``mean`` is off (runs that are different variants, not seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,21 +39,23 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None) -> list[Path]:
     stages = sorted({p.stem for r in run_dirs for p in (Path(r) / "metrics").glob("*.csv")})
     files = []
     for stage in stages:
-        runs = [
-            _read(Path(r) / "metrics" / f"{stage}.csv")
-            for r in run_dirs
-            if (Path(r) / "metrics" / f"{stage}.csv").exists()
-        ]
+        present = [Path(r) for r in run_dirs if (Path(r) / "metrics" / f"{stage}.csv").exists()]
+        runs = [_read(r / "metrics" / f"{stage}.csv") for r in present]
+        names = [r.name for r in present]
         keys = sorted({k for run in runs for k in run})
         if not keys:
             continue
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
         for ax, key in zip(axes[0], keys, strict=False):
             curves = [run[key] for run in runs if key in run]
-            for c in curves:
+            labels = [name for run, name in zip(runs, names, strict=True) if key in run]
+            for c, label in zip(curves, labels, strict=True):
                 xs, ys = zip(*c, strict=False)
-                ax.plot(xs, ys, alpha=0.35 if len(curves) > 1 else 1.0, lw=1)
-            if len(curves) > 1:
+                alpha = 0.35 if len(curves) > 1 and mean else 1.0
+                ax.plot(xs, ys, alpha=alpha, lw=1, marker="o" if len(c) < 20 else None, ms=3, label=label)
+            if len(curves) > 1 and not mean:
+                ax.legend(fontsize=7)
+            if len(curves) > 1 and mean:
                 steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
                 if steps:
                     vals = np.array([[dict(c)[s] for s in steps] for c in curves])
