@@ -64,3 +64,29 @@ def test_aggregate_over_seeds_uses_per_seed_means():
 def test_latency_reports_percentiles():
     r = latency(lambda: sum(range(10)), repeats=50, warmup=5)
     assert 0 < r["p50_us"] <= r["p95_us"] and r["repeats"] == 50
+
+
+@pytest.mark.parametrize("n_layers", [0, 2, 4])
+def test_numpy_actor_matches_the_torch_actor_at_batch_one_and_n(n_layers):
+    """eval and bench act through NumpyActor; its single-observation path (bias folded into the matmul,
+    preallocated rows) must give the torch module's actions, and results must not alias its buffers."""
+    import torch
+
+    from srpo_cli.networks import TanhActor
+    from srpo_cli.policies import NumpyActor
+
+    torch.manual_seed(0)
+    net = TanhActor(11, 3, 64, n_layers).eval()
+    low, high = np.array([-2.0, -1.0, 0.0], np.float32), np.array([2.0, 1.0, 1.0], np.float32)
+    actor = NumpyActor.from_module(net, low, high)
+    obs = np.random.default_rng(0).standard_normal((5, 11)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(obs)).numpy()
+    ref_env = low + (ref + 1.0) * 0.5 * (high - low)
+    np.testing.assert_allclose(actor(obs), ref_env, rtol=1e-5, atol=1e-6)
+    first = actor(obs[0])  # 1-D observation -> 1-D action
+    assert first.shape == (3,)
+    np.testing.assert_allclose(first, ref_env[0], rtol=1e-5, atol=1e-6)
+    second = actor(obs[1:2])
+    np.testing.assert_allclose(second, ref_env[1:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(first, ref_env[0], rtol=1e-5, atol=1e-6)  # not overwritten by the next call

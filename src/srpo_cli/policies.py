@@ -27,6 +27,13 @@ class NumpyActor:
         self.low = action_low.astype(np.float32)
         self.half_range = ((action_high - action_low) * 0.5).astype(np.float32)
         self.identity_scale = bool(np.all(self.low == -1.0) and np.all(self.half_range == 1.0))
+        # One observation at a time (a robot's loop): each numpy call costs about a microsecond here, so the
+        # bias rides in the matmul as an extra weight row against a constant 1 kept at the end of preallocated
+        # input rows, and every result is written in place: 7 numpy calls instead of 10 and no allocation.
+        self._aug = [np.vstack([w, b[None, :]]).astype(np.float32) for w, b in self.layers]
+        self._rows = [np.ones((1, w.shape[0]), dtype=np.float32) for w in self._aug]
+        self._hidden = [row[:, :-1] for row in self._rows[1:]]  # contiguous views: a single row
+        self._out = np.empty((1, self._aug[-1].shape[1]), dtype=np.float32)
 
     @classmethod
     def from_module(cls, actor: TanhActor, action_low: np.ndarray, action_high: np.ndarray) -> NumpyActor:
@@ -34,7 +41,18 @@ class NumpyActor:
         layers = [(m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy()) for m in linears]
         return cls(layers, action_low, action_high)
 
+    def act_one(self, obs: np.ndarray) -> np.ndarray:
+        """One observation [1, obs_dim] -> [1, action_dim] in [-1, 1]. Not re-entrant (shared buffers)."""
+        np.copyto(self._rows[0][:, :-1], obs)
+        for row, w, h in zip(self._rows, self._aug, self._hidden, strict=False):
+            np.dot(row, w, out=h)
+            np.maximum(h, 0.0, out=h)
+        np.dot(self._rows[-1], self._aug[-1], out=self._out)
+        return np.tanh(self._out)  # a fresh array: the caller may keep it
+
     def act_normalized(self, obs: np.ndarray) -> np.ndarray:
+        if obs.shape[0] == 1 and obs.ndim == 2:
+            return self.act_one(obs)
         x = obs
         last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
@@ -50,7 +68,10 @@ class NumpyActor:
         return self.low + (a + 1.0) * self.half_range
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self.to_env(self.act_normalized(np.asarray(obs, dtype=np.float32)))
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim == 1:
+            return self.to_env(self.act_one(obs[None, :])[0])
+        return self.to_env(self.act_normalized(obs))
 
 
 def actor_module(ckpt: Checkpoint, prefix: str = "actor") -> TanhActor:
