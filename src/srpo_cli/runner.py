@@ -227,21 +227,24 @@ def pretrain_side_by_side(
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
         futures = {name: pool.submit(_pretrain_worker, name, cfg, run_dir, resume[name], threads) for name in resume}
         tasks = {name: progress.add_task(name, total=steps[name], rate="-", losses="") for name in futures}
+
+        def poll() -> None:
+            for name, fut in futures.items():
+                if fut.done() and name not in walls:
+                    walls[name] = time.perf_counter() - t0
+                row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
+                if row:
+                    losses = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s"))
+                    progress.update(
+                        tasks[name], completed=int(row["step"]), rate=row.get("steps_per_s", "-"), losses=losses
+                    )
+
         try:
             with progress:
                 while not all(f.done() for f in futures.values()):
-                    for name, fut in futures.items():
-                        if fut.done() and name not in walls:
-                            walls[name] = time.perf_counter() - t0
-                        row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
-                        if row:
-                            losses = " ".join(
-                                f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s")
-                            )
-                            progress.update(
-                                tasks[name], completed=int(row["step"]), rate=row.get("steps_per_s", "-"), losses=losses
-                            )
+                    poll()
                     time.sleep(0.5)
+                poll()  # the final rows, so the bars end at the last step
         except KeyboardInterrupt:
             for fut in futures.values():
                 try:
