@@ -27,7 +27,7 @@ from srpo_cli.behavior import train_behavior
 from srpo_cli.critic import train_critic
 from srpo_cli.data import load_transitions
 from srpo_cli.extract import train_actor
-from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, stage_plan
+from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, side_by_side_stages, stage_plan
 from srpo_cli.training import resolve_device
 
 POLICIES = ("srpo", "diffusion", "awr", "bc")
@@ -52,8 +52,8 @@ def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
         ("bc", "bc.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("bc", *a, **k)),
     ]
     plans = {name: stage_plan(run_dir / file_name, steps) for name, file_name, steps, _ in stages}
-    pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
-    if len(pre) == 2 and cfg.parallel_pretrain and device.type == "cpu" and torch.get_num_threads() >= 2:
+    pre = side_by_side_stages(cfg, device, plans)
+    if pre:
         # Wall time of each stage as it ran beside the other; the pipeline's time is the larger of the two.
         walls = pretrain_side_by_side(cfg, run_dir, {n: plans[n] == "resume" for n in pre}, quiet, None)
         for name, seconds in walls.items():

@@ -31,6 +31,11 @@ def srpo_weight(alpha_t: torch.Tensor, sigma_t: torch.Tensor, weighting: str) ->
     raise ValueError(f"unknown weighting {weighting!r}")
 
 
+def _score_term(a: torch.Tensor, eps: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """mean_batch w(t) <e, a>, e detached: the score regularizer of both SRPO loss forms."""
+    return (w * (eps.detach() * a).sum(-1)).mean()
+
+
 def srpo_loss(
     a: torch.Tensor, eps: torch.Tensor, w: torch.Tensor, q_grad: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,7 +43,7 @@ def srpo_loss(
 
     Returns (loss, score term, Q term) for logging.
     """
-    score_term = (w * (eps.detach() * a).sum(-1)).mean()
+    score_term = _score_term(a, eps, w)
     q_term = (q_grad.detach() * a).sum(-1).mean()
     return score_term - beta * q_term, score_term, q_term
 
@@ -50,7 +55,7 @@ def srpo_loss_through_q(
 
     Returns (loss, score term, mean Q) for logging.
     """
-    score_term = (w * (eps.detach() * a).sum(-1)).mean()
+    score_term = _score_term(a, eps, w)
     q_mean = q.mean()
     return score_term - beta * q_mean, score_term, q_mean.detach()
 

@@ -162,6 +162,14 @@ def stage_plan(path: Path, steps: int, force: bool = False) -> str:
     return "resume" if state_path(path).exists() else "train"
 
 
+def side_by_side_stages(cfg: RunConfig, device: torch.device, plans: dict[str, str]) -> list[str]:
+    """The pretraining stages to train side by side given each stage's plan: both, or none (one stage
+    left to train, a GPU, one thread, or ``parallel_pretrain`` off)."""
+    pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
+    threads = cfg.threads or torch.get_num_threads()
+    return pre if len(pre) == 2 and cfg.parallel_pretrain and device.type == "cpu" and threads >= 2 else []
+
+
 def _pretrain_worker(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, threads: int) -> dict[str, Any]:
     """One pretraining stage in its own process (spawned: nothing inherited but its arguments)."""
     from .behavior import train_behavior
@@ -279,14 +287,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=N
         ("extract", "actor.safetensors", cfg.extract.steps, train_actor),
     ]
     plans = {name: stage_plan(run_dir / file_name, steps, force) for name, file_name, steps, _ in stages}
-    pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
-    side_by_side = (
-        len(pre) == 2
-        and cfg.parallel_pretrain
-        and device.type == "cpu"
-        and (cfg.threads or torch.get_num_threads()) >= 2
-    )
-    if side_by_side:
+    pre = side_by_side_stages(cfg, device, plans)
+    if pre:
         run_dir.mkdir(parents=True, exist_ok=True)
         pretrain_side_by_side(cfg, run_dir, {n: plans[n] == "resume" for n in pre}, quiet, log)
     for name, file_name, _, fn in stages:
@@ -294,7 +296,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=N
             if log:
                 log.print(f"{file_name}: finished earlier, reused (--force to retrain)", style="dim")
             continue
-        if side_by_side and name in pre:
+        if name in pre:
             continue
         fn(cfg, data, run_dir, device, resume=plans[name] == "resume", quiet=quiet)
     if log:

@@ -49,9 +49,8 @@ tune_malloc()
 
 
 def set_threads(threads: int) -> int:
-    """Apply the ``threads`` config field (0 keeps torch's default); returns the count in force."""
-    if threads < 0:
-        raise UsageError(f"threads must be 0 (torch's default) or positive, not {threads}.")
+    """Apply the ``threads`` config field (0 keeps torch's default; ``config.validate`` refuses negatives);
+    returns the count in force."""
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
