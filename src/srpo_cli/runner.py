@@ -125,6 +125,15 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     r["throughput_256"] = throughput(lambda: torch_act(t256), max(10, repeats // 10))
     results[f"srpo actor (torch eager, {device.type})"] = r
 
+    if device.type == "cpu":
+        # The alternative issue 4 names (a frozen TorchScript module), same process, so a reader can scale
+        # our figure to their machine: the ratio between the rows carries over, the microseconds do not.
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(module.eval())))
+        with torch.inference_mode():
+            r = latency(lambda: frozen(t1), repeats)
+            r["throughput_256"] = throughput(lambda: frozen(t256), max(10, repeats // 10))
+        results["srpo actor (TorchScript frozen, cpu)"] = r
+
     diff, _ = _diffusion_policy(cfg, run_dir, device)
 
     def diff_act(x):
