@@ -31,12 +31,22 @@ from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, side
 from srpo_cli.training import resolve_device
 
 POLICIES = ("srpo", "diffusion", "awr", "bc")
+WALLS = ("behavior", "critic", "extract", "awr", "bc")
 
 
 def _record_wall(run_dir, name: str, seconds: float) -> None:
     path = run_dir / "walls.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**old, name: seconds}))
+
+
+def _script_path() -> str:
+    """This script as the recorded command line should name it: relative to the working directory if inside it."""
+    here = Path(__file__).resolve()
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
 
 
 def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
@@ -98,7 +108,7 @@ def main(argv=None) -> int:
             per_seed.append(run_one(cfg, args.quiet))
         rows.append((ds, cfg, per_seed))
     lines = [
-        f"Command: `python {' '.join(shlex.quote(a) for a in ([sys.argv[0]] + (argv or sys.argv[1:])))}`  ",
+        f"Command: `python {' '.join(shlex.quote(a) for a in [_script_path(), *(argv or sys.argv[1:])])}`  ",
         f"Date: {datetime.date.today()}, seeds {args.seeds}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device {rows[0][1].device}  ",
         "Scores: normalized 0-100, mean ± std over seeds of the per-seed mean (final checkpoints), "
@@ -106,7 +116,7 @@ def main(argv=None) -> int:
         "Wall times: behavior and critic ran side by side (one process each, half the threads) when "
         f"parallel_pretrain is on ({rows[0][1].parallel_pretrain}); the pretraining wall is the larger of the two.",
         "",
-        "| dataset | data avg | SRPO | diffusion | AWR | BC | wall s (behavior / critic / extract) | "
+        "| dataset | data avg | SRPO | diffusion | AWR | BC | wall s (behavior / critic / extract / AWR / BC) | "
         "latency p50 SRPO / diffusion (µs) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -115,11 +125,11 @@ def main(argv=None) -> int:
         for k in ("dataset", *POLICIES):
             v = np.array([r["scores"][k] for r in per_seed])
             cell[k] = f"{v.mean():.1f} ± {v.std():.1f}"
-        w = {k: np.nanmean([r["walls"].get(k) or np.nan for r in per_seed]) for k in ("behavior", "critic", "extract")}
+        w = {k: np.nanmean([r["walls"].get(k) or np.nan for r in per_seed]) for k in WALLS}
         lat = per_seed[0]["latency"]
         lines.append(
             f"| {ds} | {cell['dataset']} | {cell['srpo']} | {cell['diffusion']} | {cell['awr']} | {cell['bc']} | "
-            f"{w['behavior']:.0f} / {w['critic']:.0f} / {w['extract']:.0f} | "
+            f"{' / '.join(f'{w[k]:.0f}' for k in WALLS)} | "
             f"{lat['srpo_p50_us']:.1f} / {lat['diffusion_p50_us']:,.0f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
