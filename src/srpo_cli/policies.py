@@ -30,10 +30,13 @@ class NumpyActor:
         # One observation at a time (a robot's loop): each numpy call costs about a microsecond here, so the
         # bias rides in the matmul as an extra weight row against a constant 1 kept at the end of preallocated
         # input rows, and every result is written in place: 7 numpy calls instead of 10 and no allocation.
+        # The rows are 1-D (numpy then takes its vector-matrix path, not a 1-row matrix product) and ReLU
+        # compares against a float32 zero made once: together about 1 us less per action, measured in-process.
         self._aug = [np.vstack([w, b[None, :]]).astype(np.float32) for w, b in self.layers]
-        self._rows = [np.ones((1, w.shape[0]), dtype=np.float32) for w in self._aug]
-        self._hidden = [row[:, :-1] for row in self._rows[1:]]  # contiguous views: a single row
-        self._out = np.empty((1, self._aug[-1].shape[1]), dtype=np.float32)
+        self._rows = [np.ones(w.shape[0], dtype=np.float32) for w in self._aug]
+        self._hidden = [row[:-1] for row in self._rows[1:]]
+        self._out = np.empty(self._aug[-1].shape[1], dtype=np.float32)
+        self._zero = np.float32(0.0)
 
     @classmethod
     def from_module(cls, actor: TanhActor, action_low: np.ndarray, action_high: np.ndarray) -> NumpyActor:
@@ -43,12 +46,13 @@ class NumpyActor:
 
     def act_one(self, obs: np.ndarray) -> np.ndarray:
         """One observation [1, obs_dim] -> [1, action_dim] in [-1, 1]. Not re-entrant (shared buffers)."""
-        np.copyto(self._rows[0][:, :-1], obs)
+        np.copyto(self._rows[0][:-1], obs[0])
+        zero = self._zero
         for row, w, h in zip(self._rows, self._aug, self._hidden, strict=False):
             np.dot(row, w, out=h)
-            np.maximum(h, 0.0, out=h)
+            np.maximum(h, zero, out=h)
         np.dot(self._rows[-1], self._aug[-1], out=self._out)
-        return np.tanh(self._out)  # a fresh array: the caller may keep it
+        return np.tanh(self._out)[None]  # a fresh array: the caller may keep it
 
     def act_normalized(self, obs: np.ndarray) -> np.ndarray:
         if obs.shape[0] == 1 and obs.ndim == 2:
