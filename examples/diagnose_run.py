@@ -6,7 +6,8 @@ Prints (1) how much the critic's Q depends on the action: Q at the dataset's act
 noisy and at uniformly random actions; (2) whether the behavior model uses the state: its eps loss with the
 true states and with shuffled ones, at several t; (3) with --bc, where the SRPO score term alone (beta = 0,
 noise baseline, w = sigma^2) wants the action: gradient descent on the action to the term's fixed point,
-and its distance to the BC policy's action. Everything on --samples dataset states, seeded.
+and its distance to the BC policy's action; (4) with --actors, where each policy acts: the critic's Q at its
+actions, their distance to the dataset's, saturation and |dQ/da|. Everything on --samples dataset states, seeded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--bc", type=Path, help="a bc.safetensors to compare the score term's fixed point with")
+    ap.add_argument(
+        "--actors",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="policy checkpoints (actor, awr, bc) to place against the data",
+    )
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -61,6 +69,27 @@ def main() -> None:
             true = ((behavior(x, s, t) - z) ** 2).sum(-1).mean()
             shuf = ((behavior(x, shuffled, t) - z) ** 2).sum(-1).mean()
             print(f"  t={tv:.2f}: {true:8.4f} (true)  {shuf:8.4f} (shuffled)")
+
+    if args.actors:
+        # Where each policy acts relative to the data and the critic: a policy the critic rates above the
+        # data's actions but that scores far below them in the environment is exploiting the critic's errors.
+        def q_and_grad(actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            actions = actions.detach().requires_grad_(True)
+            qv = q_target(s, actions).mean(0)
+            (g,) = torch.autograd.grad(qv.sum(), actions)
+            return qv.detach(), g
+
+        print("policies on the same states: mean target Q, L2 distance to the dataset action, share of action")
+        print("components beyond |0.99|, mean |dQ/da|")
+        for name, acts in [("dataset actions", a)] + [
+            (str(p), actor_module(load_checkpoint(p))(s).detach()) for p in args.actors
+        ]:
+            qv, g = q_and_grad(acts)
+            sat = (acts.abs() > 0.99).float().mean()
+            dist = (acts - a).norm(dim=-1).mean()
+            print(
+                f"  {name:<48} Q {qv.mean():8.3f}  dist {dist:.3f}  saturated {sat:.3f}  |dQ/da| {g.norm(dim=-1).mean():.2f}"
+            )
 
     if args.bc:
         bc = actor_module(load_checkpoint(args.bc))
