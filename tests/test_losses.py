@@ -116,3 +116,30 @@ def test_srpo_loss_through_q_has_the_explicit_q_gradient_form(reduce):
         grads.append([p.grad.clone() for p in actor.parameters()])
     for explicit, through_q in zip(*grads, strict=True):
         torch.testing.assert_close(through_q, explicit, rtol=1e-5, atol=1e-7)
+
+
+def test_normalized_critic_sees_standardized_states():
+    """With normalize_obs, Q and V of raw states equal the plain nets on (s - mean) / std: rescaling a state
+    dimension by 1000 and setting the statistics to match changes nothing."""
+    from srpo_cli.data import observation_statistics
+    from srpo_cli.networks import ValueNet
+
+    torch.manual_seed(0)
+    s = torch.randn(64, 4) * torch.tensor([0.1, 1.0, 10.0, 3.0]) + 5.0
+    a = torch.rand(64, 2) * 2 - 1
+    q, v = EnsembleQ(4, 2, 16, 2, normalize_obs=True), ValueNet(4, 16, 2, normalize_obs=True)
+    mean, std = observation_statistics(s, eps=0.0)
+    for m in (q, v):
+        m.obs_norm.set_statistics(mean, std)
+    plain_q, plain_v = EnsembleQ(4, 2, 16, 2), ValueNet(4, 16, 2)
+    plain_q.load_state_dict({k: t for k, t in q.state_dict().items() if "obs_norm" not in k})
+    plain_v.load_state_dict({k: t for k, t in v.state_dict().items() if "obs_norm" not in k})
+    z = (s - mean) / std
+    torch.testing.assert_close(q(s, a), plain_q(z, a))
+    torch.testing.assert_close(v(s), plain_v(z))
+    assert z.mean(0).abs().max() < 1e-5 and (z.std(0) - 1).abs().max() < 1e-5
+    scale = torch.tensor([1.0, 1.0, 1000.0, 1.0])
+    for m in (q, v):
+        m.obs_norm.set_statistics(*observation_statistics(s * scale, eps=0.0))
+    torch.testing.assert_close(q(s * scale, a), plain_q(z, a))
+    torch.testing.assert_close(v(s * scale), plain_v(z))

@@ -227,3 +227,25 @@ def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_datas
     cfg.critic.batch_size = 10**7  # larger than the dataset: the critic's process fails with a usage error
     with pytest.raises(UsageError, match="larger than the dataset"):
         pretrain_side_by_side(cfg, tmp_path, {"behavior": False, "critic": False})
+
+
+def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
+    """The dataset's state statistics travel in critic.safetensors and the loaded critic gives the trained
+    one's values; the default (reference) critic has no statistics at all."""
+    from srpo_cli.critic import CriticStage
+    from srpo_cli.policies import load_critic
+
+    cfg = tiny_cfg(default_dataset, **{"critic.normalize_observations": True})
+    train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
+    q, q_t, v, ckpt = load_critic(tmp_path / "critic.safetensors", torch.device("cpu"))
+    assert ckpt.config["critic"]["normalize_observations"] is True
+    torch.testing.assert_close(q.obs_norm.mean, data.observations.mean(0))
+    torch.testing.assert_close(q_t.obs_norm.std, data.observations.std(0) + cfg.critic.obs_std_eps)
+    torch.testing.assert_close(v.obs_norm.std, q.obs_norm.std)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+    stage.q.load_state_dict(ckpt.section("q"))
+    s, a = data.observations[:32], data.actions[:32]
+    torch.testing.assert_close(q(s, a), stage.q(s, a))
+    plain = tiny_cfg(default_dataset)
+    train_critic(plain, data, tmp_path / "plain", torch.device("cpu"), quiet=True)
+    assert not any("obs_norm" in k for k in _tensors(tmp_path / "plain" / "critic.safetensors"))

@@ -78,6 +78,12 @@ class CriticConfig:
         ("locomotion", "antmaze", "none"),
     )
     reward_scale: float = _f(1000.0, "numerator of the locomotion return-range scaling")
+    normalize_observations: bool = _f(
+        False,
+        "standardize states inside Q and V with the dataset's mean and std (stored in the checkpoint); off in the "
+        "reference, on in CORL's IQL and TD3+BC",
+    )
+    obs_std_eps: float = _f(1e-3, "added to each state dimension's std when normalize_observations is on")
     antmaze_shift: float = _f(-1.0, "added to every reward in antmaze mode")
     compile: bool = _f(False, "wrap the critic step's networks in torch.compile")
     log_every: int = _f(500, "steps between metric rows / progress updates")

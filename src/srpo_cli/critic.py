@@ -10,7 +10,7 @@ import torch
 
 from .behavior import optim_kwargs
 from .config import RunConfig
-from .data import Transitions, scale_rewards
+from .data import Transitions, observation_statistics, scale_rewards
 from .losses import expectile_loss, iql_q_target, twin_q_loss
 from .networks import EnsembleQ, ValueNet, polyak_update
 from .training import Stage, fit
@@ -26,9 +26,14 @@ class CriticStage(Stage):
     def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device):
         super().__init__(cfg, data, device, cfg.critic.batch_size)
         c = cfg.critic
-        self.q = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers).to(device)
+        norm = c.normalize_observations
+        self.q = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, normalize_obs=norm).to(device)
+        self.v = ValueNet(data.obs_dim, c.hidden_dim, c.n_layers, normalize_obs=norm).to(device)
+        if norm:
+            mean, std = observation_statistics(data.observations, c.obs_std_eps)
+            self.q.obs_norm.set_statistics(mean, std)
+            self.v.obs_norm.set_statistics(mean, std)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.v = ValueNet(data.obs_dim, c.hidden_dim, c.n_layers).to(device)
         self.modules = {"q": self.q, "q_target": self.q_target, "v": self.v}
         # One Adam with a group per network is the same maths as two Adams (Adam is per-parameter) but one
         # fused kernel launch instead of two.

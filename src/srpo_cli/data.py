@@ -199,6 +199,11 @@ def scale_rewards(
     raise UsageError(f"Unknown reward mode '{mode}'.")
 
 
+def observation_statistics(observations: torch.Tensor, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std + eps over the dataset's states (eps keeps constant dimensions finite)."""
+    return observations.mean(0), observations.std(0) + eps
+
+
 class BatchSampler:
     """Indices into the transition tensors, drawn on the data's device.
 

@@ -18,6 +18,22 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+class ObsNormalizer(nn.Module):
+    """s -> (s - mean) / std with the dataset's statistics, frozen as buffers so they travel in the checkpoint."""
+
+    def __init__(self, obs_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(obs_dim))
+        self.register_buffer("std", torch.ones(obs_dim))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.mean) / self.std
+
+
 class EnsembleLinear(nn.Module):
     """E independent Linear layers applied with one batched matmul: x [E, B, in] -> [E, B, out]."""
 
@@ -34,15 +50,27 @@ class EnsembleLinear(nn.Module):
 
 
 class EnsembleQ(nn.Module):
-    """n Q-networks on concat[s, a]; returns [n, B]."""
+    """n Q-networks on concat[s, a]; returns [n, B]. With ``normalize_obs`` the states are standardized inside
+    the module (statistics set once from the data), so every caller keeps passing raw states."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, n_layers: int = 2, n: int = 2):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        n: int = 2,
+        normalize_obs: bool = False,
+    ):
         super().__init__()
         self.n = n
+        self.obs_norm = ObsNormalizer(obs_dim) if normalize_obs else None
         dims = [obs_dim + action_dim] + [hidden_dim] * n_layers + [1]
         self.layers = nn.ModuleList([EnsembleLinear(n, i, o) for i, o in zip(dims[:-1], dims[1:], strict=False)])
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            s = self.obs_norm(s)
         x = torch.cat([s, a], dim=-1).unsqueeze(0).expand(self.n, -1, -1)
         for i, layer in enumerate(self.layers):
             x = layer(x)
@@ -52,11 +80,14 @@ class EnsembleQ(nn.Module):
 
 
 class ValueNet(nn.Module):
-    def __init__(self, obs_dim: int, hidden_dim: int = 256, n_layers: int = 2):
+    def __init__(self, obs_dim: int, hidden_dim: int = 256, n_layers: int = 2, normalize_obs: bool = False):
         super().__init__()
+        self.obs_norm = ObsNormalizer(obs_dim) if normalize_obs else None
         self.net = mlp(obs_dim, 1, hidden_dim, n_layers)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
+        if self.obs_norm is not None:
+            s = self.obs_norm(s)
         return self.net(s).squeeze(-1)
 
 

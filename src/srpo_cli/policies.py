@@ -118,9 +118,10 @@ def load_critic(path: Path, device: torch.device) -> tuple[EnsembleQ, EnsembleQ,
     ckpt = load_checkpoint(path, "critic", device=device)
     c = ckpt.config["critic"]
     o, a = ckpt.meta["obs_dim"], ckpt.meta["action_dim"]
-    q = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"]).to(device)
-    q_t = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"]).to(device)
-    v = ValueNet(o, c["hidden_dim"], c["n_layers"]).to(device)
+    norm = bool(c.get("normalize_observations", False))  # checkpoints from before the field: off
+    q = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], normalize_obs=norm).to(device)
+    q_t = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], normalize_obs=norm).to(device)
+    v = ValueNet(o, c["hidden_dim"], c["n_layers"], normalize_obs=norm).to(device)
     q.load_state_dict(ckpt.section("q"))
     q_t.load_state_dict(ckpt.section("q_target"))
     v.load_state_dict(ckpt.section("v"))
