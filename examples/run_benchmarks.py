@@ -26,6 +26,7 @@ from srpo_cli.baselines import train_baseline
 from srpo_cli.behavior import train_behavior
 from srpo_cli.critic import train_critic
 from srpo_cli.data import load_transitions
+from srpo_cli.errors import SrpoError
 from srpo_cli.extract import train_actor
 from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, side_by_side_stages, stage_plan
 from srpo_cli.training import resolve_device
@@ -49,7 +50,7 @@ def _script_path() -> str:
         return str(here)
 
 
-def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
+def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False) -> dict:
     device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,8 @@ def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
         ("awr", "awr.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("awr", *a, **k)),
         ("bc", "bc.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("bc", *a, **k)),
     ]
-    plans = {name: stage_plan(run_dir / file_name, steps) for name, file_name, steps, _ in stages}
+    # A finished stage is reused only if it was trained with this configuration (else: refused, or --force).
+    plans = {name: stage_plan(run_dir / file_name, steps, force, cfg) for name, file_name, steps, _ in stages}
     pre = side_by_side_stages(cfg, device, plans)
     if pre:
         # Wall time of each stage as it ran beside the other; the pipeline's time is the larger of the two.
@@ -69,7 +71,8 @@ def run_one(cfg: config.RunConfig, quiet: bool) -> dict:
         for name, seconds in walls.items():
             _record_wall(run_dir, name, seconds)
     for name, file_name, steps, fn in stages:
-        plan = stage_plan(run_dir / file_name, steps)  # afresh: the side-by-side stages are finished now
+        # afresh: the side-by-side stages are finished now (and retrained ones are not to be trained again)
+        plan = stage_plan(run_dir / file_name, steps, force and name not in pre, cfg)
         if plan == "skip":
             continue
         t0 = time.perf_counter()
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=".bench-data/runs/{dataset}/seed{seed}", help="run directory template")
     ap.add_argument("--out", type=Path, default=Path(".bench-data/results.md"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--force", action="store_true", help="retrain every stage, even finished ones")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -105,7 +109,11 @@ def main(argv=None) -> int:
             flags = {"dataset": ds, "seed": seed, "run_dir": args.runs, **config.parse_set(args.set)}
             cfg = config.resolve(flags, preset=args.preset)
             print(f"== {ds} seed {seed} -> {cfg.resolved_run_dir()}", file=sys.stderr, flush=True)
-            per_seed.append(run_one(cfg, args.quiet))
+            try:
+                per_seed.append(run_one(cfg, args.quiet, args.force))
+            except SrpoError as e:
+                print(f"Error: {e}", file=sys.stderr)
+                return e.exit_code
         rows.append((ds, cfg, per_seed))
     lines = [
         f"Command: `python {' '.join(shlex.quote(a) for a in [_script_path(), *(argv or sys.argv[1:])])}`  ",

@@ -100,6 +100,13 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     assert "Traceback" not in r.output
     r = srpo("pretrain-critic", "--steps", "20", "--resume", *TINY)
     assert r.exit_code == 0, r.output
+    # resuming, or a pipeline reusing a finished stage, with another configuration is refused, not mixed
+    before = tree(run)
+    r = srpo("pretrain-critic", "--steps", "30", "--resume", "--set", "critic.expectile=0.9", *TINY)
+    assert r.exit_code == 2 and "critic.expectile is 0.7 there, 0.9 here" in r.output, r.output
+    r = srpo("pipeline", "--set", "extract.beta=0.3", *TINY)
+    assert r.exit_code == 2 and "extract.beta is 0.05 there, 0.3 here" in r.output, r.output
+    assert "Traceback" not in r.output and tree(run) == before
 
 
 def test_datasets_presets_init(workdir, default_dataset):

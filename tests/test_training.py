@@ -249,3 +249,20 @@ def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     plain = tiny_cfg(default_dataset)
     train_critic(plain, data, tmp_path / "plain", torch.device("cpu"), quiet=True)
     assert not any("obs_norm" in k for k in _tensors(tmp_path / "plain" / "critic.safetensors"))
+
+
+def test_config_differences_name_what_a_stage_computes(trained, default_dataset):
+    """Only fields that change what a stage computes count; a field the checkpoint predates is its default."""
+    from srpo_cli.runner import config_differences
+
+    run, cfg, _ = trained
+    stored = load_checkpoint(run / "critic.safetensors").config
+    same = tiny_cfg(default_dataset, **{"critic.steps": 10**6, "critic.log_every": 7, "extract.beta": 9.0})
+    assert config_differences(stored, same, "critic") == []  # steps, logging, other stages: not the critic's
+    other = tiny_cfg(default_dataset, **{"critic.discount": 0.9, "data.sampling": "uniform"})
+    diffs = config_differences(stored, other, "critic")
+    assert "critic.discount is 0.99 there, 0.9 here" in diffs and any(d.startswith("data.sampling") for d in diffs)
+    old = {**stored, "critic": {k: v for k, v in stored["critic"].items() if k != "normalize_observations"}}
+    assert config_differences(old, same, "critic") == []
+    assert config_differences(old, tiny_cfg(default_dataset, **{"critic.normalize_observations": True}), "critic")
+    assert config_differences(stored, tiny_cfg(default_dataset, seed=3), "critic") == ["seed is 0 there, 3 here"]

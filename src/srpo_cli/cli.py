@@ -177,6 +177,18 @@ def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json:
     file_name = {"behavior": "behavior", "critic": "critic", "extract": "actor"}.get(stage, kind) + ".safetensors"
     ckpt = run_dir / file_name
     check_can_write(ckpt, resume, force)
+    if resume:
+        from .checkpoint import load_checkpoint
+        from .runner import config_differences
+
+        stored = load_checkpoint(ckpt)
+        diffs = config_differences(stored.config, cfg, stored.stage)
+        if diffs:
+            raise UsageError(
+                f"--resume would continue {ckpt} with another configuration than it was trained with: "
+                f"{'; '.join(diffs)}.",
+                "Resume with the same settings (only steps and logging may change), or --force to start over.",
+            )
     if stage in ("extract", "baseline"):
         needed = (["behavior.safetensors"] if stage == "extract" else []) + ["critic.safetensors"]
         if stage == "baseline" and kind == "bc":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -159,14 +160,54 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     }
 
 
-def stage_plan(path: Path, steps: int, force: bool = False) -> str:
+# Fields that change logging, checkpoint cadence, speed or the length of the run, not what a stage computes.
+_BOOKKEEPING = {"log_every", "ckpt_every", "compile", "eval_every", "eval_episodes", "steps"}
+_SECTION_OF_STAGE = {
+    "behavior": "behavior",
+    "critic": "critic",
+    "actor": "extract",
+    "awr": "baseline",
+    "bc": "baseline",
+}
+
+
+def config_differences(stored: dict[str, Any], cfg: RunConfig, stage: str) -> list[str]:
+    """Where a checkpoint's recorded configuration differs from ``cfg`` in what its stage computes (its
+    section, the data section, dataset and seed). A field the checkpoint predates counts as its default."""
+    from .config import SECTIONS
+
+    want = cfg.to_dict()
+    diffs = [
+        f"{key} is {stored.get(key)!r} there, {want[key]!r} here"
+        for key in ("dataset", "seed")
+        if stored.get(key) != want[key]
+    ]
+    for sec in ("data", _SECTION_OF_STAGE[stage]):
+        defaults = dataclasses.asdict(SECTIONS[sec]())
+        have = {**defaults, **stored.get(sec, {})}
+        for key, value in want[sec].items():
+            if key not in _BOOKKEEPING and have.get(key) != value:
+                diffs.append(f"{sec}.{key} is {have.get(key)!r} there, {value!r} here")
+    return diffs
+
+
+def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | None = None) -> str:
     """What a pipeline does with one stage's checkpoint: 'skip' (finished), 'resume' (partial, with its
-    training state) or 'train' (absent, or --force)."""
+    training state) or 'train' (absent, or --force). With ``cfg``, a checkpoint trained with another
+    configuration is refused rather than silently reused."""
     from .training import state_path
 
     if force or not path.exists():
         return "train"
-    if load_checkpoint(path).meta["step"] >= steps:
+    ckpt = load_checkpoint(path)
+    if cfg is not None:
+        diffs = config_differences(ckpt.config, cfg, ckpt.stage)
+        if diffs:
+            raise UsageError(
+                f"{path} was trained with another configuration than this run asks for: {'; '.join(diffs)}.",
+                "Pass --force to retrain it, or use another run directory.",
+            )
+    if ckpt.meta["step"] >= steps:
         return "skip"
     return "resume" if state_path(path).exists() else "train"
 
@@ -295,7 +336,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=N
         ("critic", "critic.safetensors", cfg.critic.steps, train_critic),
         ("extract", "actor.safetensors", cfg.extract.steps, train_actor),
     ]
-    plans = {name: stage_plan(run_dir / file_name, steps, force) for name, file_name, steps, _ in stages}
+    plans = {name: stage_plan(run_dir / file_name, steps, force, cfg) for name, file_name, steps, _ in stages}
     pre = side_by_side_stages(cfg, device, plans)
     if pre:
         run_dir.mkdir(parents=True, exist_ok=True)
