@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,3 +48,35 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     assert runner.main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == stamps
     assert json.loads((run_dir / "walls.json").read_text()) == recorded
+    # A finished stage trained with other settings is refused (exit 2), not silently reused.
+    changed = [*argv, "--set", "critic.expectile=0.8"]
+    assert runner.main(changed) == 2
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == stamps
+
+
+def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
+    """The rollout probe puts MuJoCo in dataset states exactly and ranks every kind of action."""
+    from conftest import tiny_cfg
+
+    from srpo_cli.baselines import train_baseline
+    from srpo_cli.behavior import train_behavior
+    from srpo_cli.critic import train_critic
+    from srpo_cli.data import load_transitions
+    from srpo_cli.datasets import collect
+
+    collect("Hopper-v5", "test/hopper/random-v0", "random", 400, seed=0)
+    data = load_transitions("test/hopper/random-v0")
+    cfg = tiny_cfg("test/hopper/random-v0")
+    run = tmp_path / "run"
+    for fn in (train_behavior, train_critic):
+        fn(cfg, data, run, torch.device("cpu"), quiet=True)
+    train_baseline("bc", cfg, data, run, torch.device("cpu"), quiet=True)
+    probe = load_example("critic_rollouts")
+    argv = ["--dataset", "test/hopper/random-v0", "--run", str(run), "--policy", str(run / "bc.safetensors"),
+            "--actors", str(run / "bc.safetensors"), "--states", "4", "--horizon", "5"]  # fmt: skip
+    assert probe.main(argv) == 0
+    out = capsys.readouterr()
+    assert "max |obs(set_state(s)) - s| = 0.00e+00" in out.err
+    for kind in ("dataset", "uniform random", "best of 32 behavior samples by Q", "bc.safetensors"):
+        assert f"  {kind} " in out.out
+    assert "ranking accuracy" in out.out and "up the critic's gradient" in out.out
