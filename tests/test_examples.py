@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,15 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     changed = [*argv, "--set", "critic.expectile=0.8"]
     assert runner.main(changed) == 2
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == stamps
+    # ... and so is a policy whose critic was replaced since it was trained; --force retrains everything.
+    critic = run_dir / "critic.safetensors"
+    with safe_open(str(critic), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["v.net.0.bias"] += 1.0  # another critic: another sha256 than its children recorded
+    save_file(tensors, str(critic), metadata=meta)
+    assert runner.main(argv) == 2
+    assert runner.main([*argv, "--force"]) == 0
+    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in run_dir.glob("*.safetensors"))
 
 
 def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):

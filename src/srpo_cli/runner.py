@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, sha256_file
 from .config import RunConfig
 from .errors import UsageError
 from .evaluate import EvalResult, evaluate, latency, make_env_fn
@@ -206,6 +206,16 @@ def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | Non
             raise UsageError(
                 f"{path} was trained with another configuration than this run asks for: {'; '.join(diffs)}.",
                 "Pass --force to retrain it, or use another run directory.",
+            )
+        stale = [
+            name
+            for name, sha in (ckpt.meta.get("parents") or {}).items()
+            if (path.parent / name).exists() and sha256_file(path.parent / name) != sha
+        ]
+        if stale:
+            raise UsageError(
+                f"{path} was trained from another {' and '.join(stale)} than the one now in {path.parent}.",
+                "Pass --force to retrain it from the current one, or use another run directory.",
             )
     if ckpt.meta["step"] >= steps:
         return "skip"
