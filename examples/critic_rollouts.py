@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srpo_cli.data import load_transitions, open_local
+from srpo_cli.data import denormalize_action, load_transitions, open_local
 from srpo_cli.diffusion import sample_actions
 from srpo_cli.policies import load_actor_policy, load_behavior, load_critic
 
@@ -107,10 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     set_state_from_obs(env, s[0].numpy().astype(np.float64))
     err = np.abs(env.unwrapped._get_obs() - s[0].numpy()).max()
     print(f"state reconstruction: max |obs(set_state(s)) - s| = {err:.2e}", file=sys.stderr)
-    low, high = data.action_low, data.action_high
     g = {}
     for k, a in actions.items():
-        env_a = low + (a.numpy() + 1.0) * 0.5 * (high - low)
+        env_a = denormalize_action(a.numpy(), data.action_low, data.action_high)
         obs = s.numpy().astype(np.float64)
         g[k] = np.array([rollout_return(env, obs[i], env_a[i], follow, args.horizon, gamma) for i in range(len(s))])
     env.close()
