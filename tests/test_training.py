@@ -232,7 +232,6 @@ def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_datas
 def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     """The dataset's state statistics travel in critic.safetensors and the loaded critic gives the trained
     one's values; the default (reference) critic has no statistics at all."""
-    from srpo_cli.critic import CriticStage
     from srpo_cli.policies import load_critic
 
     cfg = tiny_cfg(default_dataset, **{"critic.normalize_observations": True})

@@ -179,16 +179,14 @@ def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json:
     check_can_write(ckpt, resume, force)
     if resume:
         from .checkpoint import load_checkpoint
-        from .runner import config_differences
+        from .runner import refuse_other_config
 
-        stored = load_checkpoint(ckpt)
-        diffs = config_differences(stored.config, cfg, stored.stage)
-        if diffs:
-            raise UsageError(
-                f"--resume would continue {ckpt} with another configuration than it was trained with: "
-                f"{'; '.join(diffs)}.",
-                "Resume with the same settings (only steps and logging may change), or --force to start over.",
-            )
+        refuse_other_config(
+            load_checkpoint(ckpt),
+            cfg,
+            "--resume would continue",
+            "Resume with the same settings (only steps and logging may change), or --force to start over.",
+        )
     if stage in ("extract", "baseline"):
         needed = (["behavior.safetensors"] if stage == "extract" else []) + ["critic.safetensors"]
         if stage == "baseline" and kind == "bc":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint, sha256_file
+from .checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from .config import RunConfig
 from .errors import UsageError
 from .evaluate import EvalResult, evaluate, latency, make_env_fn
@@ -191,6 +191,15 @@ def config_differences(stored: dict[str, Any], cfg: RunConfig, stage: str) -> li
     return diffs
 
 
+def refuse_other_config(ckpt: Checkpoint, cfg: RunConfig, what: str, hint: str) -> None:
+    """A usage error naming each field in which ``cfg`` differs from what ``ckpt`` was trained with."""
+    diffs = config_differences(ckpt.config, cfg, ckpt.stage)
+    if diffs:
+        raise UsageError(
+            f"{what} {ckpt.path} with another configuration than it was trained with: {'; '.join(diffs)}.", hint
+        )
+
+
 def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | None = None) -> str:
     """What a pipeline does with one stage's checkpoint: 'skip' (finished), 'resume' (partial, with its
     training state) or 'train' (absent, or --force). With ``cfg``, a checkpoint trained with another
@@ -201,12 +210,9 @@ def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | Non
         return "train"
     ckpt = load_checkpoint(path)
     if cfg is not None:
-        diffs = config_differences(ckpt.config, cfg, ckpt.stage)
-        if diffs:
-            raise UsageError(
-                f"{path} was trained with another configuration than this run asks for: {'; '.join(diffs)}.",
-                "Pass --force to retrain it, or use another run directory.",
-            )
+        refuse_other_config(
+            ckpt, cfg, "This run would reuse", "Pass --force to retrain it, or use another run directory."
+        )
         stale = [
             name
             for name, sha in (ckpt.meta.get("parents") or {}).items()
