@@ -78,6 +78,8 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     b = json.loads(r.stdout)
     assert b["ratio_p50"] > 1 and b["threads"] >= 1
     assert b["policies"]["srpo actor (TorchScript frozen, cpu)"]["p50_us"] > 0
+    assert b["srpo_p50_us"] == b["policies"]["srpo actor (fast path, numba)"]["p50_us"]
+    assert b["policies"]["srpo actor (numpy forward)"]["p50_us"] > 0
     r = srpo("export", "--format", "torchscript", "--out", "actor.pt", *TINY)
     assert r.exit_code == 0 and (workdir / "actor.pt").exists()
     r = srpo("plot", str(run))

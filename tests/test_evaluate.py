@@ -66,19 +66,22 @@ def test_latency_reports_percentiles():
     assert 0 < r["p50_us"] <= r["p95_us"] and r["repeats"] == 50
 
 
-@pytest.mark.parametrize("n_layers", [0, 2, 4])
-def test_numpy_actor_matches_the_torch_actor_at_batch_one_and_n(n_layers):
-    """eval and bench act through NumpyActor; its single-observation path (bias folded into the matmul,
-    preallocated rows) must give the torch module's actions, and results must not alias its buffers."""
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(("n_layers", "hidden"), [(0, 64), (2, 64), (4, 64), (2, 8)])
+def test_numpy_actor_matches_the_torch_actor_at_batch_one_and_n(n_layers, hidden, compiled):
+    """eval and bench act through NumpyActor; its single-observation paths (the compiled kernel, with wide and
+    narrow layers stored differently, and the numpy fallback with the bias folded into the matmul) must give
+    the torch module's actions, and results must not alias its buffers."""
     import torch
 
     from srpo_cli.networks import TanhActor
     from srpo_cli.policies import NumpyActor
 
     torch.manual_seed(0)
-    net = TanhActor(11, 3, 64, n_layers).eval()
+    net = TanhActor(11, 3, hidden, n_layers).eval()
     low, high = np.array([-2.0, -1.0, 0.0], np.float32), np.array([2.0, 1.0, 1.0], np.float32)
-    actor = NumpyActor.from_module(net, low, high)
+    actor = NumpyActor.from_module(net, low, high, compiled=compiled)
+    assert actor.backend == ("numba" if compiled else "numpy")
     obs = np.random.default_rng(0).standard_normal((5, 11)).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(obs)).numpy()
@@ -89,4 +92,21 @@ def test_numpy_actor_matches_the_torch_actor_at_batch_one_and_n(n_layers):
     np.testing.assert_allclose(first, ref_env[0], rtol=1e-5, atol=1e-6)
     second = actor(obs[1:2])
     np.testing.assert_allclose(second, ref_env[1:2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(actor(np.asfortranarray(obs)[3]), ref_env[3], rtol=1e-5, atol=1e-6)  # strided
     np.testing.assert_allclose(first, ref_env[0], rtol=1e-5, atol=1e-6)  # not overwritten by the next call
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_actor_fast_path_propagates_nan_like_torch(compiled):
+    """A NaN observation must give a NaN action (as torch does), never a finite action a robot would apply."""
+    import torch
+
+    from srpo_cli.networks import TanhActor
+    from srpo_cli.policies import NumpyActor
+
+    net = TanhActor(4, 2, 32, 2)
+    actor = NumpyActor.from_module(net, -np.ones(2, np.float32), np.ones(2, np.float32), compiled=compiled)
+    obs = np.array([0.1, np.nan, 0.3, 0.4], np.float32)
+    with torch.no_grad():
+        assert torch.isnan(net(torch.from_numpy(obs))).all()
+    assert np.isnan(actor(obs)).all()

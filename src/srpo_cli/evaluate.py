@@ -150,7 +150,7 @@ def aggregate_seeds(results: list[EvalResult]) -> dict[str, Any]:
 
 
 def periodic_eval_hook(actor, data, cfg) -> Callable[[int], dict[str, float]]:
-    """For ``extract.eval_every``: evaluate the current actor through the same numpy fast path as eval."""
+    """For ``extract.eval_every``: evaluate the current actor through the same fast path as eval."""
     from .policies import NumpyActor
 
     env_fn = make_env_fn(data.info.get("eval_env_spec"), data.dataset_id)

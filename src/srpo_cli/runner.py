@@ -88,8 +88,8 @@ def record_eval(run_dir: Path, policy: str, res: EvalResult, cfg: RunConfig) -> 
 
 
 def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, Any]:
-    """Latency of the SRPO actor (numpy fast path, as eval acts; and torch eager for reference) and of the
-    diffusion baseline, same machine, same process."""
+    """Latency of the SRPO actor (its fast path, as eval acts; the numpy forward, torch eager and TorchScript
+    for reference) and of the diffusion baseline, same machine, same process."""
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(run_dir / "actor.safetensors", "actor")
     low, high = action_bounds(ckpt)
@@ -107,9 +107,15 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
             fn()
         return 256 * n_calls / (time.perf_counter() - t0)
 
+    fast_name = f"srpo actor (fast path, {fast.backend})"
     r = latency(lambda: fast(obs1), repeats)
     r["throughput_256"] = throughput(lambda: fast(obs256), max(10, repeats // 10))
-    results["srpo actor (numpy fast path)"] = r
+    results[fast_name] = r
+    if fast.backend != "numpy":
+        plain = NumpyActor.from_module(module, low, high, compiled=False)
+        r = latency(lambda: plain(obs1), repeats)
+        r["throughput_256"] = results[fast_name]["throughput_256"]  # batches take the same numpy matmuls
+        results["srpo actor (numpy forward)"] = r
 
     mod_dev = module.to(device)
     t1 = torch.as_tensor(obs1, device=device)
@@ -148,7 +154,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     r["throughput_256"] = throughput(lambda: diff_act(t256), 3)
     name = f"diffusion baseline ({cfg.eval.candidates} candidates x {cfg.eval.sampling_steps} steps, {device.type})"
     results[name] = r
-    srpo = results["srpo actor (numpy fast path)"]
+    srpo = results[fast_name]
     return {
         "device": str(device),
         "threads": torch.get_num_threads(),
