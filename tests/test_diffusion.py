@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from srpo_cli.config import BehaviorConfig
-from srpo_cli.diffusion import ScoreNet, VPSchedule, _lambda_uniform_times, eps_loss, sample_actions
+from srpo_cli.diffusion import Dropout, ScoreNet, VPSchedule, _lambda_uniform_times, eps_loss, sample_actions
 
 
 def test_schedule_check_points():
@@ -95,3 +95,29 @@ def test_fast_mish_is_mish():
     assert torch.autograd.gradcheck(mish, (torch.randn(20, dtype=torch.float64, requires_grad=True),))
     x32 = torch.randn(1000) * 5
     torch.testing.assert_close(mish(x32), torch.nn.functional.mish(x32), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_with_probability_p_and_rescales_like_nn_dropout(p):
+    """The behavior net's CPU dropout draws its own mask: it must keep each element with probability 1 - p
+    (independently of position: odd and even elements come from the two halves of one 64-bit draw), scale
+    kept elements by 1 / (1 - p), pass gradients through the same mask, and be the identity in eval mode."""
+    torch.manual_seed(0)
+    drop = Dropout(p)
+    x = torch.ones(1001, 513, requires_grad=True)  # odd sizes: the mask's last 64-bit draw is half used
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    tol = 5 * math.sqrt(p * (1 - p) / n)  # 5 standard errors
+    assert abs(kept.float().mean().item() - (1 - p)) < tol
+    assert abs(kept[:, ::2].float().mean().item() - (1 - p)) < 2 * tol
+    assert abs(kept[:, 1::2].float().mean().item() - (1 - p)) < 2 * tol
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(p)(torch.ones(1001, 513)), y.detach())  # the seed reproduces it
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    with pytest.raises(ValueError):
+        Dropout(1.0)
