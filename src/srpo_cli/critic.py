@@ -11,7 +11,7 @@ import torch
 from .behavior import optim_kwargs
 from .config import RunConfig
 from .data import Transitions, observation_statistics, scale_rewards
-from .losses import expectile_loss, iql_q_target, twin_q_loss
+from .losses import expectile_loss_and_grad, iql_q_target, twin_q_loss_and_grad
 from .networks import EnsembleQ, ValueNet, polyak_update
 from .training import Stage, fit
 
@@ -42,31 +42,34 @@ class CriticStage(Stage):
         self.rewards = scale_rewards(data.rewards, data.episode_returns, c.reward_mode, c.reward_scale, c.antmaze_shift)
         self._online = list(self.q.parameters())
         self._target = list(self.q_target.parameters())
-        self._step = torch.compile(self._loss) if c.compile else self._loss
+        self._params = self._online + list(self.v.parameters())
+        self._grads = torch.compile(self._losses_and_grads) if c.compile else self._losses_and_grads
 
-    def _loss(self, s, a, r, s2, d):
+    @torch.no_grad()
+    def _losses_and_grads(self, s, a, r, s2, d):
+        """Both losses and their parameter gradients, by the networks' hand-written backward (the same
+        gradients as autograd on v_loss + q_loss; the two losses share no parameters)."""
         c = self.cfg.critic
-        with torch.no_grad():
-            q_t = self.q_target(s, a).min(0).values
-            v_next = self.v(s2)  # V(s') before this step's update, as in the reference
-        v = self.v(s)
-        v_loss = expectile_loss(q_t - v, c.expectile)
-        y = iql_q_target(r, d, v_next, c.discount)
-        q_loss = twin_q_loss(self.q(s, a), y)
-        return v_loss, q_loss, v.detach().mean()
+        q_t = self.q_target(s, a).min(0).values
+        v_next = self.v(s2)  # V(s') before this step's update, as in the reference
+        v, v_inputs = self.v.forward_cached(s)
+        q, q_inputs = self.q.forward_cached(s, a)
+        v_loss, d_u = expectile_loss_and_grad(q_t - v, c.expectile)  # u = Q_target - V: dV = -du
+        q_loss, d_q = twin_q_loss_and_grad(q, iql_q_target(r, d, v_next, c.discount))
+        grads = self.q.backward_cached(d_q, q_inputs) + self.v.backward_cached(d_u.neg_(), v_inputs)
+        return v_loss, q_loss, v.mean(), grads
 
     def step(self) -> dict[str, torch.Tensor]:
         idx = self.sampler.next()
         d = self.data
-        v_loss, q_loss, v_mean = self._step(
+        v_loss, q_loss, v_mean, grads = self._grads(
             d.observations[idx], d.actions[idx], self.rewards[idx], d.next_observations[idx], d.terminals[idx]
         )
-        opt = self.optimizers["qv"]
-        opt.zero_grad(set_to_none=True)
-        (v_loss + q_loss).backward()
-        opt.step()
+        for p, g in zip(self._params, grads, strict=True):
+            p.grad = g
+        self.optimizers["qv"].step()
         polyak_update(self._target, self._online, self.cfg.critic.tau)
-        return {"q_loss": q_loss.detach(), "v_loss": v_loss.detach(), "v_mean": v_mean}
+        return {"q_loss": q_loss, "v_loss": v_loss, "v_mean": v_mean}
 
 
 def train_critic(

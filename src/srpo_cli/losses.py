@@ -11,6 +11,13 @@ def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * u**2).mean()
 
 
+def expectile_loss_and_grad(u: torch.Tensor, expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``expectile_loss(u)`` and its gradient d loss / d u = 2 |tau - 1[u < 0]| u / B."""
+    weight = torch.where(u < 0, 1.0 - expectile, expectile)
+    wu = weight * u
+    return (wu * u).mean(), wu.mul_(2.0 / u.numel())
+
+
 def iql_q_target(r: torch.Tensor, d: torch.Tensor, v_next: torch.Tensor, discount: float) -> torch.Tensor:
     """y = r~ + gamma (1 - d) V(s'): d is the termination flag only, never a truncation."""
     return r + discount * (1.0 - d) * v_next
@@ -19,6 +26,12 @@ def iql_q_target(r: torch.Tensor, d: torch.Tensor, v_next: torch.Tensor, discoun
 def twin_q_loss(q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """1/2 (MSE(Q1, y) + MSE(Q2, y)) for q of shape [2, B]."""
     return 0.5 * ((q - y.unsqueeze(0)) ** 2).mean(-1).sum()
+
+
+def twin_q_loss_and_grad(q: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``twin_q_loss(q, y)`` and its gradient d loss / d q = (q - y) / B."""
+    diff = q - y.unsqueeze(0)
+    return 0.5 * (diff * diff).mean(-1).sum(), diff.mul_(1.0 / q.shape[-1])
 
 
 def srpo_weight(alpha_t: torch.Tensor, sigma_t: torch.Tensor, weighting: str) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""MLPs of the critic and the actor; the twin Q is one batched ensemble so both nets cost one matmul each layer."""
+"""MLPs of the critic and the actor; the twin Q is one batched ensemble so both nets cost one matmul each layer.
+
+Q and V also have a hand-written backward (``forward_cached`` / ``backward_cached``): the critic's step is small
+matmuls at batch 256, where autograd's bookkeeping, the bias copies and allocations of its generic backward
+cost about a fifth of the step on a CPU. The gradients are the same (a test compares them with autograd).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import math
 
 import torch
 from torch import nn
+
+# d relu: grad where the ReLU's output is > 0, else 0 (one pass; what autograd's ReluBackward calls)
+_relu_backward = torch.ops.aten.threshold_backward
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int) -> nn.Sequential:
@@ -68,15 +76,42 @@ class EnsembleQ(nn.Module):
         dims = [obs_dim + action_dim] + [hidden_dim] * n_layers + [1]
         self.layers = nn.ModuleList([EnsembleLinear(n, i, o) for i, o in zip(dims[:-1], dims[1:], strict=False)])
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def _input(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         if self.obs_norm is not None:
             s = self.obs_norm(s)
-        x = torch.cat([s, a], dim=-1).unsqueeze(0).expand(self.n, -1, -1)
+        return torch.cat([s, a], dim=-1).unsqueeze(0).expand(self.n, -1, -1)
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        x = self._input(s, a)
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
         return x.squeeze(-1)
+
+    @torch.no_grad()
+    def forward_cached(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Q [n, B] and each layer's input, for ``backward_cached``; ReLUs run in place (no autograd)."""
+        x = self._input(s, a)
+        inputs = []
+        for i, layer in enumerate(self.layers):
+            inputs.append(x)
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = x.relu_()
+        return x.squeeze(-1), inputs
+
+    @torch.no_grad()
+    def backward_cached(self, grad_q: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """d loss / d parameters, in ``parameters()`` order, from d loss / d Q [n, B]."""
+        g = grad_q.unsqueeze(-1)
+        grads: list[torch.Tensor] = []
+        for i in range(len(self.layers) - 1, -1, -1):
+            w = self.layers[i].weight
+            grads += [g.sum(1, keepdim=True), torch.bmm(inputs[i].transpose(1, 2), g)]  # bias, weight
+            if i > 0:
+                g = _relu_backward(torch.bmm(g, w.transpose(1, 2)), inputs[i], 0)
+        return grads[::-1]
 
 
 class ValueNet(nn.Module):
@@ -89,6 +124,31 @@ class ValueNet(nn.Module):
         if self.obs_norm is not None:
             s = self.obs_norm(s)
         return self.net(s).squeeze(-1)
+
+    @torch.no_grad()
+    def forward_cached(self, s: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """V [B] and each Linear's input, for ``backward_cached``; ReLUs run in place (no autograd)."""
+        x = self.obs_norm(s) if self.obs_norm is not None else s
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        inputs = []
+        for i, lin in enumerate(linears):
+            inputs.append(x)
+            x = torch.addmm(lin.bias, x, lin.weight.t())
+            if i < len(linears) - 1:
+                x = x.relu_()
+        return x.squeeze(-1), inputs
+
+    @torch.no_grad()
+    def backward_cached(self, grad_v: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """d loss / d parameters, in ``parameters()`` order, from d loss / d V [B]."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        g = grad_v.unsqueeze(-1)
+        grads: list[torch.Tensor] = []
+        for i in range(len(linears) - 1, -1, -1):
+            grads += [g.sum(0), g.t().mm(inputs[i])]  # bias, weight
+            if i > 0:
+                g = _relu_backward(g.mm(linears[i].weight), inputs[i], 0)
+        return grads[::-1]
 
 
 class TanhActor(nn.Module):
