@@ -98,6 +98,10 @@ def our_stages(device: torch.device, tmp: Path):
     cfg_bf.extract.bf16_behavior = True
     stages["behavior bf16"] = BehaviorStage(cfg_bf, data, device).step
     stages["extract bf16"] = ExtractStage(cfg_bf, data, device, tmp).step
+    cfg_ec = config.RunConfig()
+    cfg_ec.extract.bf16_behavior = True
+    cfg_ec.extract.compile = True  # the frozen behavior net compiled with its weights as constants
+    stages["extract bf16 compiled"] = ExtractStage(cfg_ec, data, device, tmp).step
     cfg_c = config.RunConfig()
     cfg_c.critic.reward_mode = "none"
     cfg_c.critic.compile = True  # the warm-up steps pay the compilation

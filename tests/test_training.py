@@ -265,3 +265,28 @@ def test_config_differences_name_what_a_stage_computes(trained, default_dataset)
     assert config_differences(old, same, "critic") == []
     assert config_differences(old, tiny_cfg(default_dataset, **{"critic.normalize_observations": True}), "critic")
     assert config_differences(stored, tiny_cfg(default_dataset, seed=3), "critic") == ["seed is 0 there, 3 here"]
+
+
+def test_compiled_critic_and_extraction_train_like_eager(tmp_path, trained, data, default_dataset, device):
+    """critic.compile compiles the whole no-grad gradient computation and extract.compile folds the frozen
+    behavior net's weights in as constants: neither may freeze what trains (the critic's weights) nor
+    change the maths, so a few steps must end where eager ones do."""
+    run, _, _ = trained
+    dev = torch.device(device)
+    ends = {}
+    for compiled in (False, True):
+        cfg = tiny_cfg(default_dataset)
+        cfg.critic.steps, cfg.extract.steps = 8, 8
+        cfg.critic.compile = cfg.extract.compile = compiled
+        out = tmp_path / str(compiled)
+        out.mkdir()
+        shutil.copy(run / "behavior.safetensors", out / "behavior.safetensors")
+        train_critic(cfg, data, out, dev, quiet=True)
+        train_actor(cfg, data, out, dev, quiet=True)
+        ends[compiled] = (_tensors(out / "critic.safetensors"), _tensors(out / "actor.safetensors"))
+    for eager, comp in zip(ends[False], ends[True], strict=True):
+        for k in eager:
+            torch.testing.assert_close(comp[k], eager[k], rtol=1e-4, atol=1e-5)
+    first = tiny_cfg(default_dataset)  # and the critic did train: its weights left their initialization
+    init = CriticStage(first, data, dev)
+    assert not torch.allclose(init.q.layers[0].weight.cpu(), ends[True][0]["q.layers.0.weight"])

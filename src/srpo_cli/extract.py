@@ -75,7 +75,9 @@ class ExtractStage(Stage):
         self.optimizers = {"actor": opt}
         if c.lr_schedule == "cosine":
             self.schedulers = {"actor": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps, eta_min=0.0)}
-        self.eps_net = torch.compile(self.behavior) if c.compile else self.behavior
+        # The behavior net never changes here, so inductor may fold its weights in as constants ("freezing"):
+        # prepacked matmul weights and no per-step bf16 casts (1.3x on top of autocast, measured on a CPU).
+        self.eps_net = torch.compile(self.behavior, options={"freezing": True}) if c.compile else self.behavior
 
     def step(self) -> dict[str, torch.Tensor]:
         idx = self.sampler.next()
