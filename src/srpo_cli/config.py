@@ -85,7 +85,7 @@ class CriticConfig:
     )
     obs_std_eps: float = _f(1e-3, "added to each state dimension's std when normalize_observations is on")
     antmaze_shift: float = _f(-1.0, "added to every reward in antmaze mode")
-    compile: bool = _f(False, "wrap the critic step's networks in torch.compile")
+    compile: bool = _f(False, "torch.compile the critic step's losses and hand-written gradients")
     log_every: int = _f(500, "steps between metric rows / progress updates")
     ckpt_every: int = _f(100_000, "steps between periodic checkpoints")
 
