@@ -6,8 +6,9 @@ forward needs seven), and eager torch several times more. numba compiles the who
 ReLU, tanh) into one native function, so one action costs one call. The compiled code is cached on disk
 (``cache=True``), so only the first process on a machine pays the compilation (a few seconds).
 
-numba is a declared dependency; if it cannot be imported (a platform without its wheels), ``mlp_kernel()``
-returns None and callers fall back to the numpy forward, which computes the same actions more slowly.
+numba is a declared dependency; where it cannot be imported (a platform without its wheels) or cannot
+compile, ``mlp_kernel()`` returns None and callers fall back to the numpy forward, which computes the same
+actions more slowly.
 """
 
 from __future__ import annotations
