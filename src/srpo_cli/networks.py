@@ -119,6 +119,7 @@ class ValueNet(nn.Module):
         super().__init__()
         self.obs_norm = ObsNormalizer(obs_dim) if normalize_obs else None
         self.net = mlp(obs_dim, 1, hidden_dim, n_layers)
+        self._linears = tuple(m for m in self.net if isinstance(m, nn.Linear))  # for the hand-written backward
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         if self.obs_norm is not None:
@@ -129,7 +130,7 @@ class ValueNet(nn.Module):
     def forward_cached(self, s: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """V [B] and each Linear's input, for ``backward_cached``; ReLUs run in place (no autograd)."""
         x = self.obs_norm(s) if self.obs_norm is not None else s
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        linears = self._linears
         inputs = []
         for i, lin in enumerate(linears):
             inputs.append(x)
@@ -141,7 +142,7 @@ class ValueNet(nn.Module):
     @torch.no_grad()
     def backward_cached(self, grad_v: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """d loss / d parameters, in ``parameters()`` order, from d loss / d V [B]."""
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        linears = self._linears
         g = grad_v.unsqueeze(-1)
         grads: list[torch.Tensor] = []
         for i in range(len(linears) - 1, -1, -1):
