@@ -38,8 +38,10 @@ class NumpyActor:
         self.identity_scale = bool(np.all(self.low == -1.0) and np.all(self.half_range == 1.0))
         self._kernel = mlp_kernel() if compiled else None
         self.backend = "numba" if self._kernel is not None else "numpy"
-        self._params, self._dims = pack_layers(self.layers)
-        self._scratch = np.empty((2, max([*self._dims[1:-1].tolist(), 1])), dtype=np.float32)
+        if self._kernel is not None:
+            self._params, self._dims = pack_layers(self.layers)
+            self._scratch = np.empty((2, max([*self._dims[1:-1].tolist(), 1])), dtype=np.float32)
+            return
         # The numpy fallback for one observation: each numpy call costs about a microsecond here, so the bias
         # rides in the matmul as an extra weight row against a constant 1 kept at the end of preallocated
         # input rows, and every result is written in place: 7 numpy calls instead of 10 and no allocation.
