@@ -26,6 +26,31 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def mlp_forward_cached(linears: tuple[nn.Linear, ...], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An ``mlp`` forward without autograd that keeps each Linear's input for ``mlp_backward_cached``; the
+    ReLUs run in place on the Linear outputs (their output > 0 is also the mask their backward needs)."""
+    inputs = []
+    for i, lin in enumerate(linears):
+        inputs.append(x)
+        x = torch.addmm(lin.bias, x, lin.weight.t())
+        if i < len(linears) - 1:
+            x = x.relu_()
+    return x, inputs
+
+
+def mlp_backward_cached(
+    linears: tuple[nn.Linear, ...], g: torch.Tensor, inputs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """d loss / d parameters (bias and weight of each Linear, in ``parameters()`` order) from d loss / d output
+    [B, out]. The input of Linear i > 0 is the ReLU output of Linear i - 1, so it is also that ReLU's mask."""
+    grads: list[torch.Tensor] = []
+    for i in range(len(linears) - 1, -1, -1):
+        grads += [g.sum(0), g.t().mm(inputs[i])]  # bias, weight
+        if i > 0:
+            g = _relu_backward(g.mm(linears[i].weight), inputs[i], 0)
+    return grads[::-1]
+
+
 class ObsNormalizer(nn.Module):
     """s -> (s - mean) / std with the dataset's statistics, frozen as buffers so they travel in the checkpoint."""
 
@@ -113,6 +138,18 @@ class EnsembleQ(nn.Module):
                 g = _relu_backward(torch.bmm(g, w.transpose(1, 2)), inputs[i], 0)
         return grads[::-1]
 
+    @torch.no_grad()
+    def action_gradient(self, grad_q: torch.Tensor, inputs: list[torch.Tensor], action_dim: int) -> torch.Tensor:
+        """d/da of sum(grad_q * Q(s, a)) [B, action_dim], for a frozen Q: the input gradient only, no
+        parameter gradients (what the extraction's Q term needs)."""
+        g = grad_q.unsqueeze(-1)
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = torch.bmm(g, self.layers[i].weight.transpose(1, 2))
+            if i > 0:
+                g = _relu_backward(g, inputs[i], 0)
+        # the members share the input [s, a]; the actions are its last columns (states are normalized, not a)
+        return g.sum(0)[:, -action_dim:]
+
 
 class ValueNet(nn.Module):
     def __init__(self, obs_dim: int, hidden_dim: int = 256, n_layers: int = 2, normalize_obs: bool = False):
@@ -130,26 +167,13 @@ class ValueNet(nn.Module):
     def forward_cached(self, s: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """V [B] and each Linear's input, for ``backward_cached``; ReLUs run in place (no autograd)."""
         x = self.obs_norm(s) if self.obs_norm is not None else s
-        linears = self._linears
-        inputs = []
-        for i, lin in enumerate(linears):
-            inputs.append(x)
-            x = torch.addmm(lin.bias, x, lin.weight.t())
-            if i < len(linears) - 1:
-                x = x.relu_()
-        return x.squeeze(-1), inputs
+        v, inputs = mlp_forward_cached(self._linears, x)
+        return v.squeeze(-1), inputs
 
     @torch.no_grad()
     def backward_cached(self, grad_v: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """d loss / d parameters, in ``parameters()`` order, from d loss / d V [B]."""
-        linears = self._linears
-        g = grad_v.unsqueeze(-1)
-        grads: list[torch.Tensor] = []
-        for i in range(len(linears) - 1, -1, -1):
-            grads += [g.sum(0), g.t().mm(inputs[i])]  # bias, weight
-            if i > 0:
-                g = _relu_backward(g.mm(linears[i].weight), inputs[i], 0)
-        return grads[::-1]
+        return mlp_backward_cached(self._linears, grad_v.unsqueeze(-1), inputs)
 
 
 class TanhActor(nn.Module):
@@ -159,8 +183,22 @@ class TanhActor(nn.Module):
         super().__init__()
         self.net = mlp(obs_dim, action_dim, hidden_dim, n_layers)
 
+        self._linears = tuple(m for m in self.net if isinstance(m, nn.Linear))  # for the hand-written backward
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(s))
+
+    @torch.no_grad()
+    def forward_cached(self, s: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """pi(s) [B, action_dim] and each Linear's input, for ``backward_cached``."""
+        pre, inputs = mlp_forward_cached(self._linears, s)
+        return pre.tanh_(), inputs
+
+    @torch.no_grad()
+    def backward_cached(self, grad_a: torch.Tensor, a: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """d loss / d parameters, in ``parameters()`` order, from d loss / d pi(s) and pi(s) itself."""
+        # d tanh(x) / dx = 1 - tanh(x)^2
+        return mlp_backward_cached(self._linears, grad_a * (1.0 - a * a), inputs)
 
 
 @torch.no_grad()
