@@ -290,3 +290,35 @@ def test_compiled_critic_and_extraction_train_like_eager(tmp_path, trained, data
     first = tiny_cfg(default_dataset)  # and the critic did train: its weights left their initialization
     init = CriticStage(first, data, dev)
     assert not torch.allclose(init.q.layers[0].weight.cpu(), ends[True][0]["q.layers.0.weight"])
+
+
+def test_compile_falls_back_to_eager_when_no_compiler_works(monkeypatch, capsys):
+    """A compile: true on a machine without a working C++ compiler trains eagerly, with one warning."""
+    import torch._inductor.config as inductor_config
+
+    from srpo_cli.training import CompiledOrEager
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/bin/false"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    torch._dynamo.reset()
+
+    def f(x):
+        return torch.sin(x) * 3.0 + x.cos()
+
+    fn = CompiledOrEager(f, "a test function")
+    x = torch.randn(64)
+    torch.testing.assert_close(fn(x), f(x))
+    assert fn.compiled is False
+    assert "torch.compile of a test function failed" in capsys.readouterr().err
+    torch.testing.assert_close(fn(x + 1), f(x + 1))  # and it stays eager
+    torch._dynamo.reset()
+
+
+def test_compile_errors_that_are_not_compilation_still_surface():
+    from srpo_cli.training import CompiledOrEager
+
+    def f(x):
+        return x @ x  # [3, 4] @ [3, 4] fails eagerly too
+
+    with pytest.raises(RuntimeError):
+        CompiledOrEager(f, "a broken function")(torch.randn(3, 4))

@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import Transitions
 from .diffusion import ScoreNet, VPSchedule, eps_loss
-from .training import Stage, fit
+from .training import CompiledOrEager, Stage, fit
 
 FILE_NAME = "behavior.safetensors"
 
@@ -34,7 +34,7 @@ class BehaviorStage(Stage):
         self.optimizers = {
             "net": torch.optim.AdamW(self.net.parameters(), **optim_kwargs(c.lr, device, weight_decay=c.weight_decay))
         }
-        self.forward = torch.compile(self.net) if c.compile else self.net
+        self.forward = CompiledOrEager(self.net, "the behavior net") if c.compile else self.net
         self.autocast = c.bf16
 
     def step(self) -> dict[str, torch.Tensor]:

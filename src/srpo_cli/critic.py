@@ -13,7 +13,7 @@ from .config import RunConfig
 from .data import Transitions, observation_statistics, scale_rewards
 from .losses import expectile_loss_and_grad, iql_q_target, twin_q_loss_and_grad
 from .networks import EnsembleQ, ValueNet, polyak_update
-from .training import Stage, fit
+from .training import CompiledOrEager, Stage, fit
 
 FILE_NAME = "critic.safetensors"
 
@@ -43,7 +43,9 @@ class CriticStage(Stage):
         self._online = list(self.q.parameters())
         self._target = list(self.q_target.parameters())
         self._params = self._online + list(self.v.parameters())
-        self._grads = torch.compile(self._losses_and_grads) if c.compile else self._losses_and_grads
+        self._grads = (
+            CompiledOrEager(self._losses_and_grads, "the critic step") if c.compile else self._losses_and_grads
+        )
 
     @torch.no_grad()
     def _losses_and_grads(self, s, a, r, s2, d):

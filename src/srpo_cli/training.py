@@ -48,6 +48,39 @@ def tune_malloc() -> None:
 tune_malloc()
 
 
+class CompiledOrEager:
+    """``torch.compile(fn)`` that falls back to ``fn`` itself, with one warning, if its first call fails.
+
+    torch.compile on a CPU needs a working C++ compiler, and some torch builds or devices cannot compile a
+    given graph; a ``compile: true`` in a preset must not turn that into a failed training. Only the first
+    call falls back: that is where compilation happens, and the wrapped functions are pure (no state changes
+    before the failure), so running ``fn`` instead gives the step the eager result. Were the error not a
+    compilation's, ``fn`` raises it again. Later errors propagate.
+    """
+
+    def __init__(self, fn: Callable[..., Any], what: str, **compile_kwargs: Any):
+        self.eager, self.what = fn, what
+        self._fn = torch.compile(fn, **compile_kwargs)
+        self._first = True
+        self.compiled = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._first:
+            return self._fn(*args, **kwargs)
+        self._first = False
+        try:
+            return self._fn(*args, **kwargs)
+        except Exception as e:  # any compilation failure; eager below re-raises errors that are not
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            stderr.print(
+                f"[yellow]warning:[/] torch.compile of {self.what} failed ({type(e).__name__}: {first_line}); "
+                "continuing without compilation (same results, slower). Set the compile field to false to "
+                "skip the attempt."
+            )
+            self._fn, self.compiled = self.eager, False
+            return self._fn(*args, **kwargs)
+
+
 def set_threads(threads: int) -> int:
     """Apply the ``threads`` config field (0 keeps torch's default; ``config.validate`` refuses negatives);
     returns the count in force."""
