@@ -149,9 +149,9 @@ def srpo_actor_grads(
     """``srpo_actor_loss``'s actor gradients by the networks' hand-written backward, with the same random draws.
 
     At the paper's batch of 256 the actor and the twin Q are small matmuls, where autograd's graph
-    bookkeeping, its generic backward and its allocations cost about as much as the arithmetic on a CPU. Returns (parameter gradients in
-    ``actor.parameters()`` order, loss, score term, mean Q of the actor's actions); a test checks the
-    gradients against autograd on ``srpo_actor_loss``.
+    bookkeeping, its generic backward and its allocations cost about as much as the arithmetic on a CPU.
+    Returns (parameter gradients in ``actor.parameters()`` order, loss, score term, mean Q of the actor's
+    actions); a test checks the gradients against autograd on ``srpo_actor_loss``.
     """
     a, a_inputs = actor.forward_cached(s)
     b = s.shape[0]

@@ -182,7 +182,6 @@ class TanhActor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, n_layers: int = 2):
         super().__init__()
         self.net = mlp(obs_dim, action_dim, hidden_dim, n_layers)
-
         self._linears = tuple(m for m in self.net if isinstance(m, nn.Linear))  # for the hand-written backward
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
