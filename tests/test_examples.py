@@ -91,3 +91,72 @@ def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
     for kind in ("dataset", "uniform random", "best of 32 behavior samples by Q", "bc.safetensors"):
         assert f"  {kind} " in out.out
     assert "ranking accuracy" in out.out and "up the critic's gradient" in out.out
+
+
+# A stand-in for the authors' modules with the interface examples/reference_critic.py uses (Q on [a, s]); each
+# update moves every weight, so the online and target nets differ when the critic is copied.
+FAKE_REFERENCE = """
+import copy
+import torch
+from torch import nn
+
+
+def mlp(i):
+    return nn.Sequential(nn.Linear(i, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+class TwinQ(nn.Module):
+    def __init__(self, adim, sdim):
+        super().__init__()
+        self.q1, self.q2 = mlp(adim + sdim), mlp(adim + sdim)
+
+    def both(self, a, s):
+        x = torch.cat([a, s], -1)
+        return self.q1(x), self.q2(x)
+
+
+class Value(nn.Module):
+    def __init__(self, sdim):
+        super().__init__()
+        self.v = mlp(sdim)
+
+    def forward(self, s):
+        return self.v(s)
+
+
+class IQL_Critic(nn.Module):
+    def __init__(self, adim, sdim, args):
+        super().__init__()
+        self.q0 = TwinQ(adim, sdim).to("cuda")
+        self.q0_target = copy.deepcopy(self.q0)
+        self.vf = Value(sdim)
+        self.q_optimizer = torch.optim.Adam(self.q0.parameters(), lr=3e-4)
+        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=3e-4)
+        self.discount, self.tau = 0.99, 0.7
+
+    def update_q0(self, data):
+        with torch.no_grad():
+            for p in [*self.q0.parameters(), *self.vf.parameters()]:
+                p.add_(0.01 * torch.randn_like(p))
+        self.q_loss = self.v_loss = self.q = torch.tensor(data["r"].mean().item())
+"""
+
+
+def test_reference_critic_is_copied_into_our_layout(default_dataset, tmp_path):
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    (ref / "SRPO.py").write_text(FAKE_REFERENCE)
+    (ref / "model.py").write_text("")
+    tool = load_example("reference_critic")
+    run = tmp_path / "run"
+    argv = ["--reference", str(ref), "--dataset", default_dataset, "--run", str(run), "--steps", "3",
+            "--log-every", "1", "--set", "critic.q_lr=0.0003", "--set", "critic.v_lr=0.0003"]  # fmt: skip
+    assert tool.main(argv) == 0  # main itself refuses to save a copy that computes other Q or V values
+    from srpo_cli.policies import load_critic
+
+    critic = load_critic(run / "critic.safetensors", torch.device("cpu"))
+    assert critic is not None
+    assert len((run / "reference_critic.csv").read_text().splitlines()) == 4
+    assert tool.main(argv) == 2  # never overwrites a critic
+    # The preset's learning rate (1e-3 for this dataset) is not the reference's: refused, not run.
+    assert tool.main([*argv[:-4], "--run", str(tmp_path / "other")]) == 2
