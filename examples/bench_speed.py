@@ -10,6 +10,9 @@ Both implementations train the same networks on the same random Hopper-sized dat
 paper's batch sizes (behavior 2048, critic 256, extract 256). Each implementation runs in its own process (ours
 tunes the allocator; the reference must not inherit that), alternating ours/reference for --rounds rounds;
 the median steps/s of each is reported, so machine noise hits both; ratios are what to compare.
+The reference's critic step (`update_iql`) also trains a side AWR policy that SRPO never uses: the "critic"
+row times that whole step, as issue 3 defines the comparison; "critic-qv" times its Q and V update alone
+(`update_q0`) against the same step of ours, the like-for-like figure.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ def our_stages(device: torch.device, tmp: Path):
     critic = CriticStage(cfg, data, device)
     behavior.save(tmp / "behavior.safetensors", 0)
     critic.save(tmp / "critic.safetensors", 0)
-    stages = {"behavior fp32": behavior.step, "critic fp32": critic.step}
+    # "critic-qv": the same step, named to pair with the reference's step without its side policy
+    stages = {"behavior fp32": behavior.step, "critic fp32": critic.step, "critic-qv fp32": critic.step}
     extract = ExtractStage(cfg, data, device, tmp)
     stages["extract fp32"] = extract.step
     cfg_bf = config.RunConfig()
@@ -157,11 +161,13 @@ def reference_stages(ref, device: torch.device):
         "behavior fp32": lambda: behavior.update_behavior(batch(2048)),
         "behavior bf16": behavior_bf16,
         "critic fp32": lambda: critic.update_iql(batch(256)),
+        # the critic alone (Q and V), without the side AWR policy that update_iql also trains
+        "critic-qv fp32": lambda: critic.q[0].update_q0(batch(256)),
         "extract fp32": lambda: policy.update_SRPO_policy(batch(256)),
     }
 
 
-STEPS = {"behavior": 6, "critic": 500, "extract": 150}  # a few seconds each per round
+STEPS = {"behavior": 6, "critic": 500, "critic-qv": 500, "extract": 150}  # a few seconds each per round
 # behavior: one step is ~20 GFLOP at batch 2048 for 1.64M parameters (forward 2 * P * B, backward 2x that)
 BEHAVIOR_GFLOP = 6 * 1.64e6 * 2048 / 1e9
 
