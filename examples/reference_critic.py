@@ -104,31 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     terminals = data.terminals.reshape(-1, 1)
     gen = torch.Generator().manual_seed(args.seed)
     sampler = BatchSampler(data.size, c.batch_size, gen, "epoch")
-    log = open(args.run / "reference_critic.csv", "w", newline="")
-    writer = csv.writer(log)
-    writer.writerow(["step", "q_loss", "v_loss", "q_mean", "steps_per_s"])
-    t0, last = time.perf_counter(), 0
-    for step in range(1, args.steps + 1):
-        idx = sampler.next()
-        batch = {"s": data.observations[idx], "a": data.actions[idx], "r": rewards[idx],
-                 "s_": data.next_observations[idx], "d": terminals[idx]}  # fmt: skip
-        iql.update_q0(batch)
-        if step % args.log_every == 0 or step == args.steps:
-            now = time.perf_counter()
-            rate = (step - last) / (now - t0)
-            t0, last = now, step
-            row = [step, iql.q_loss.item(), iql.v_loss.item(), iql.q.item(), round(rate, 1)]
-            writer.writerow(row)
-            log.flush()
-            print(f"step {step}: q_loss {row[1]:.4f} v_loss {row[2]:.4f} Q {row[3]:.2f} ({rate:.1f} steps/s)",
-                  file=sys.stderr)  # fmt: skip
-    log.close()
+    with open(args.run / "reference_critic.csv", "w", newline="") as log:
+        writer = csv.writer(log)
+        writer.writerow(["step", "q_loss", "v_loss", "q_mean", "steps_per_s"])
+        t0, last = time.perf_counter(), 0
+        for step in range(1, args.steps + 1):
+            idx = sampler.next()
+            batch = {"s": data.observations[idx], "a": data.actions[idx], "r": rewards[idx],
+                     "s_": data.next_observations[idx], "d": terminals[idx]}  # fmt: skip
+            iql.update_q0(batch)
+            if step % args.log_every == 0 or step == args.steps:
+                now = time.perf_counter()
+                rate = (step - last) / (now - t0)
+                t0, last = now, step
+                row = [step, iql.q_loss.item(), iql.v_loss.item(), iql.q.item(), round(rate, 1)]
+                writer.writerow(row)
+                log.flush()
+                print(f"step {step}: q_loss {row[1]:.4f} v_loss {row[2]:.4f} Q {row[3]:.2f} ({rate:.1f} steps/s)",
+                      file=sys.stderr)  # fmt: skip
     copy_reference_weights(stage, iql, data.action_dim)
     with torch.no_grad():  # the copy must compute what the reference computes, or every probe of it is void
         s, a = data.observations[:1024], data.actions[:1024]
-        theirs = torch.stack([torch.cat(iql.q0_target.both(a, s), 1).T, torch.cat(iql.q0.both(a, s), 1).T])
-        ours = torch.stack([stage.q_target(s, a), stage.q(s, a)])
-        err = max((theirs - ours).abs().max().item(), (iql.vf(s).squeeze(1) - stage.v(s)).abs().max().item())
+        ref_q = torch.stack([torch.cat(iql.q0_target.both(a, s), 1).T, torch.cat(iql.q0.both(a, s), 1).T])
+        our_q = torch.stack([stage.q_target(s, a), stage.q(s, a)])
+        err = max((ref_q - our_q).abs().max().item(), (iql.vf(s).squeeze(1) - stage.v(s)).abs().max().item())
     if err > 1e-3:
         print(f"The copied critic differs from the reference's by {err:.3g}; not saved.", file=sys.stderr)
         return 1
