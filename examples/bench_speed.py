@@ -168,6 +168,8 @@ def reference_stages(ref, device: torch.device):
 
 
 STEPS = {"behavior": 6, "critic": 500, "critic-qv": 500, "extract": 150}  # a few seconds each per round
+# a GPU steps 10-100x faster: time enough steps that launch jitter and the first synchronisation average out
+STEPS_GPU = {"behavior": 60, "critic": 1000, "critic-qv": 1000, "extract": 500}
 # behavior: one step is ~20 GFLOP at batch 2048 for 1.64M parameters (forward 2 * P * B, backward 2x that)
 BEHAVIOR_GFLOP = 6 * 1.64e6 * 2048 / 1e9
 
@@ -186,7 +188,8 @@ def worker(impl: str, reference: Path | None, device: torch.device, only: list[s
         for name, fn in stages.items():
             if only and not any(name.startswith(o) for o in only):
                 continue
-            out[name] = timed(fn, STEPS[name.split()[0]], device)
+            steps = STEPS if device.type == "cpu" else STEPS_GPU
+            out[name] = timed(fn, steps[name.split()[0]], device, warmup=3 if device.type == "cpu" else 20)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -217,10 +220,12 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.worker, args.reference, device, only)))
         return 0
     results: dict[str, dict[str, list[float]]] = {}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         impls = ["ours"] + (["reference"] if args.reference else [])
         for impl in impls:
-            for name, v in run_worker(impl, args).items():
+            got = run_worker(impl, args)
+            print(f"round {i + 1} {impl}: {json.dumps(got)}", file=sys.stderr, flush=True)  # kept if cut short
+            for name, v in got.items():
                 results.setdefault(name, {"ours": [], "reference": []})[impl].append(v)
     peak32 = matmul_peak(torch.float32, device)
     peak16 = matmul_peak(torch.bfloat16, device)

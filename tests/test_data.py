@@ -25,6 +25,19 @@ def test_every_field_of_every_transition(handmade_dataset):
     np.testing.assert_allclose(t.action_low, [-2.0])
 
 
+def test_transitions_move_to_another_device_whole(handmade_dataset):
+    """Stages move the data to their device (indices drawn on a GPU cannot index CPU tensors); every
+    tensor moves, the rest is kept, and moving to where it already is costs nothing."""
+    data = load_transitions(handmade_dataset["id"])
+    assert data.to("cpu") is data and data.to(torch.device("cpu")) is data
+    moved = data.to("meta")  # a second device every machine has
+    for name in ("observations", "actions", "rewards", "next_observations", "terminals"):
+        assert getattr(moved, name).device.type == "meta" and getattr(data, name).device.type == "cpu"
+        assert getattr(moved, name).shape == getattr(data, name).shape
+    assert moved.dataset_id == data.dataset_id and moved.episode_returns is data.episode_returns
+    assert moved.device.type == "meta"
+
+
 def test_actions_kept_raw_when_asked(handmade_dataset):
     t = load_transitions(handmade_dataset["id"], normalize_actions=False)
     np.testing.assert_allclose(t.actions.numpy().ravel(), [-2.0, 0.0, 2.0, 1.0, -1.0])

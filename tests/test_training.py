@@ -73,6 +73,31 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, trained, data, name,
     assert len(steps) == len(set(steps))
 
 
+def test_checkpoints_from_the_training_device_load_and_resume_on_the_cpu(tmp_path, trained, data, device):
+    """A run trained on --device (cuda with `pytest --device cuda`) must load and resume on a CPU-only
+    machine: tensors, optimizer states and RNG states all come back to the CPU."""
+    from srpo_cli.policies import load_actor_policy, load_behavior, load_critic
+
+    run, cfg, _ = trained
+    cpu = torch.device("cpu")
+    net, _, _ = load_behavior(run / "behavior.safetensors", cpu)
+    q, q_t, v, _ = load_critic(run / "critic.safetensors", cpu)
+    for m in (net, q, q_t, v):
+        assert {p.device.type for p in m.parameters()} == {"cpu"}
+    s, a = data.observations[:5].cpu(), data.actions[:5].cpu()
+    assert torch.isfinite(q(s, a)).all() and torch.isfinite(v(s)).all()
+    assert torch.isfinite(net(a, s, torch.full((5,), 0.5))).all()
+    for name in ("actor", "awr", "bc"):
+        act = load_actor_policy(run / f"{name}.safetensors")(s[0].numpy())
+        assert act.shape == (a.shape[1],) and (abs(act) <= 2.0 + 1e-6).all()  # pendulum's torque bound
+    # a stage stopped on the training device resumes on the CPU and finishes
+    for dep in ("behavior.safetensors", "critic.safetensors"):
+        shutil.copy(run / dep, tmp_path / dep)
+    train_actor(cfg, data, tmp_path, torch.device(device), quiet=True, stop_at=13)
+    out = train_actor(cfg, data, tmp_path, cpu, quiet=True, resume=True)
+    assert out["start_step"] == 13 and load_checkpoint(tmp_path / "actor.safetensors").meta["step"] == cfg.extract.steps
+
+
 def test_same_seed_same_result(tmp_path, data, default_dataset):
     cfg = tiny_cfg(default_dataset)
     for sub in ("a", "b"):

@@ -27,6 +27,7 @@ class RegressionStage(Stage):
 
     def __init__(self, kind: str, cfg: RunConfig, data: Transitions, device: torch.device, run_dir: Path):
         super().__init__(cfg, data, device, cfg.baseline.batch_size)
+        data = self.data  # on the training device
         self.kind = kind
         self.name = kind  # metrics/<kind>.csv and the progress bar's label
         self.ckpt_stage = kind

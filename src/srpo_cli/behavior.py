@@ -27,6 +27,7 @@ class BehaviorStage(Stage):
 
     def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device):
         super().__init__(cfg, data, device, cfg.behavior.batch_size)
+        data = self.data  # on the training device
         c = cfg.behavior
         self.schedule = VPSchedule(c.beta_0, c.beta_1)
         self.net = ScoreNet.from_config(data.obs_dim, data.action_dim, c).to(device)

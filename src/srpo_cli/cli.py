@@ -230,7 +230,10 @@ def pretrain_behavior(
     batch_size: BatchOpt = None,
     bf16: Annotated[
         bool | None,
-        typer.Option("--bf16/--no-bf16", help="bf16 autocast (faster on CPUs with AMX/AVX512-BF16 and GPUs)."),
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX; slower on an H200 at these sizes).",
+        ),
     ] = None,
     threads: ThreadsOpt = None,
     resume: ResumeOpt = False,

@@ -25,6 +25,7 @@ class CriticStage(Stage):
 
     def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device):
         super().__init__(cfg, data, device, cfg.critic.batch_size)
+        data = self.data  # on the training device
         c = cfg.critic
         norm = c.normalize_observations
         self.q = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, normalize_obs=norm).to(device)

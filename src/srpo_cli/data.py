@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,17 @@ class Transitions:
     @property
     def device(self) -> torch.device:
         return self.observations.device
+
+    def to(self, device: str | torch.device) -> Transitions:
+        """The same transitions with their tensors on ``device`` (self when they are there already)."""
+        device = torch.device(device)
+        if self.device.type == device.type and (device.index is None or self.device.index == device.index):
+            return self
+        moved = {k: getattr(self, k).to(device) for k in _TENSOR_FIELDS}
+        return dataclasses.replace(self, **moved)
+
+
+_TENSOR_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
 
 def _is_id_shaped(dataset_id: str) -> bool:

@@ -66,6 +66,10 @@ def _mish_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type != "cpu":
+        # On a GPU ATen's mish is already one fused kernel each way, where the form above is several: on
+        # the H200 our behavior step ran at 0.93x the reference's (which uses ATen's) with it.
+        return F.mish(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _MishFunction.apply(x)
     return _mish_no_grad(x)

@@ -62,6 +62,7 @@ class ExtractStage(Stage):
 
     def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device, run_dir: Path):
         super().__init__(cfg, data, device, cfg.extract.batch_size)
+        data = self.data  # on the training device
         c = cfg.extract
         b_path, c_path = Path(run_dir) / BEHAVIOR_FILE, Path(run_dir) / CRITIC_FILE
         self.behavior, self.schedule, b_ckpt = load_behavior(b_path, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -117,7 +118,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
         r["throughput_256"] = results[fast_name]["throughput_256"]  # batches take the same numpy matmuls
         results["srpo actor (numpy forward)"] = r
 
-    mod_dev = module.to(device)
+    mod_dev = copy.deepcopy(module).to(device)  # a copy: the TorchScript row below stays on the CPU
     t1 = torch.as_tensor(obs1, device=device)
     t256 = torch.as_tensor(obs256, device=device)
 
@@ -132,14 +133,15 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     r["throughput_256"] = throughput(lambda: torch_act(t256), max(10, repeats // 10))
     results[f"srpo actor (torch eager, {device.type})"] = r
 
-    if device.type == "cpu":
-        # The alternative issue 4 names (a frozen TorchScript module), same process, so a reader can scale
-        # our figure to their machine: the ratio between the rows carries over, the microseconds do not.
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(module.eval())))
-        with torch.inference_mode():
-            r = latency(lambda: frozen(t1), repeats)
-            r["throughput_256"] = throughput(lambda: frozen(t256), max(10, repeats // 10))
-        results["srpo actor (TorchScript frozen, cpu)"] = r
+    # The alternative issue 4 names (a frozen TorchScript module), same process, so a reader can scale
+    # our figure to their machine: the ratio between the rows carries over, the microseconds do not. Always
+    # on the CPU, where the actor is deployed, whatever --device the diffusion baseline runs on.
+    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(module.eval())))
+    c1, c256 = torch.as_tensor(obs1), torch.as_tensor(obs256)
+    with torch.inference_mode():
+        r = latency(lambda: frozen(c1), repeats)
+        r["throughput_256"] = throughput(lambda: frozen(c256), max(10, repeats // 10))
+    results["srpo actor (TorchScript frozen, cpu)"] = r
 
     diff, _ = _diffusion_policy(cfg, run_dir, device)
 

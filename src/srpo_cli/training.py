@@ -115,6 +115,9 @@ class Stage:
     file_name: str = ""
 
     def __init__(self, cfg: RunConfig, data: Transitions, device: torch.device, batch_size: int):
+        # A caller may load the data on one device and train on another (the CLI loads it on the training
+        # device): indices drawn on the GPU cannot index tensors on the CPU, so the data follows the stage.
+        data = data.to(device)
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator(device=device)

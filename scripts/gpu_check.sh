@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU checks, in one run on a machine with a CUDA GPU (BENCHMARKS.md, "On a GPU"):
+#   1. the test suite with --device cuda (the training tests train, resume and load on the GPU);
+#   2. each stage's steps/s at the paper's batch sizes (examples/bench_speed.py --device cuda), beside the
+#      authors' code when REFERENCE points at a copy of github.com/thu-ml/SRPO;
+#   3. the README's five commands in a fresh folder, where `--device auto` picks the GPU, with their wall times.
+# Usage: OUT=folder [REFERENCE=path] [PYTHON=python3] bash scripts/gpu_check.sh
+# The project's dependencies must be importable by $PYTHON (the package itself is taken from src/).
+# Every part has its own time limit, so one that hangs cannot take the others' results with it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-python3}
+export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import sys, torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0), '| python', sys.version.split()[0])"
+  nproc; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "== 1. tests, --device cuda"
+start=$SECONDS
+# Each worker gets its share of the cores: 8 workers of torch's default 16 threads each ran the suite into
+# the ground (2026-11-27, H200 machine: not finished in 330 s).
+WORKERS=${WORKERS:-4}
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / WORKERS ))} timeout "${TEST_TIMEOUT:-300}" \
+    $PY -m pytest tests --device cuda -n "$WORKERS" -p no:cacheprovider -p no:benchmark -q -rfE --timeout 280 \
+    --durations 10 > "$OUT/tests.log" 2>&1
+echo "tests rc=$? in $((SECONDS - start)) s"
+tail -n 25 "$OUT/tests.log"
+
+echo "== 2. steps/s, --device cuda"
+start=$SECONDS
+timeout "${BENCH_TIMEOUT:-240}" $PY examples/bench_speed.py --device cuda ${REFERENCE:+--reference "$REFERENCE"} \
+    --rounds "${ROUNDS:-2}" > "$OUT/bench.txt" 2> "$OUT/bench.err"
+echo "bench rc=$? in $((SECONDS - start)) s"
+cat "$OUT/bench.txt"
+tail -n 5 "$OUT/bench.err"
+
+echo "== 3. the README's commands, --device auto"
+demo=$(mktemp -d)
+export DEMO=$demo PY OUT
+timeout "${DEMO_TIMEOUT:-150}" bash -c '
+  cd "$DEMO" && export MINARI_DATASETS_PATH=$DEMO/minari
+  srpo() { $PY -c "import sys; from srpo_cli.cli import app; sys.argv[0] = \"srpo\"; app()" "$@"; }
+  for cmd in "fetch" "pretrain-behavior" "pretrain-critic" "extract --beta 0.05" "eval --episodes 10"; do
+    t0=$SECONDS
+    srpo $cmd 2>> "$OUT/demo.err" || { echo "srpo $cmd failed: rc=$?"; exit 1; }
+    echo "srpo $cmd: $((SECONDS - t0)) s"
+  done' > "$OUT/demo.txt" 2>&1
+echo "demo rc=$?"
+cat "$OUT/demo.txt"
+tail -n 3 "$OUT/demo.err"
