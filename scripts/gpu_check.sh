@@ -26,9 +26,12 @@ start=$SECONDS
 # Each worker gets its share of the cores: 8 workers of torch's default 16 threads each ran the suite into
 # the ground (2026-11-27, H200 machine: not finished in 330 s).
 WORKERS=${WORKERS:-4}
+extra=()
+if $PY -c "import xdist" 2>/dev/null; then extra+=(-n "$WORKERS"); else WORKERS=1; fi
+$PY -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 280)
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / WORKERS ))} timeout "${TEST_TIMEOUT:-300}" \
-    $PY -m pytest tests --device cuda -n "$WORKERS" -p no:cacheprovider -p no:benchmark -q -rfE --timeout 280 \
-    --durations 10 > "$OUT/tests.log" 2>&1
+    $PY -m pytest tests --device cuda "${extra[@]}" -p no:cacheprovider -q -rfE --durations 10 \
+    > "$OUT/tests.log" 2>&1
 echo "tests rc=$? in $((SECONDS - start)) s"
 tail -n 25 "$OUT/tests.log"
 
