@@ -317,6 +317,27 @@ def test_compiled_critic_and_extraction_train_like_eager(tmp_path, trained, data
     assert not torch.allclose(init.q.layers[0].weight.cpu(), ends[True][0]["q.layers.0.weight"])
 
 
+def test_a_frozen_compile_folds_the_weights_in():
+    """extract.compile relies on inductor folding the frozen behavior net's weights in as constants. Were the
+    freezing not in force (torch.compile's options={"freezing": True} alone leaves them graph inputs), the
+    compiled function would still read the module's weights: changing one in place would change its output."""
+    from srpo_cli.training import CompiledOrEager
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    net.requires_grad_(False)
+    x = torch.randn(16, 8)
+    frozen, live = CompiledOrEager(net, "a frozen net", frozen=True), CompiledOrEager(net, "a live net")
+    with torch.no_grad():
+        before = net(x)
+        torch.testing.assert_close(frozen(x), before, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(live(x), before, rtol=1e-4, atol=1e-5)
+        net[2].bias.add_(1.0)
+        torch.testing.assert_close(frozen(x), before, rtol=1e-4, atol=1e-5)  # constants: the old weights
+        torch.testing.assert_close(live(x), before + 1.0, rtol=1e-4, atol=1e-5)
+    assert frozen.compiled and live.compiled
+
+
 def test_compile_falls_back_to_eager_when_no_compiler_works(monkeypatch, capsys):
     """A compile: true on a machine without a working C++ compiler trains eagerly, with one warning."""
     import torch._inductor.config as inductor_config

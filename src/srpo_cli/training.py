@@ -58,18 +58,42 @@ class CompiledOrEager:
     compilation's, ``fn`` raises it again. Later errors propagate.
     """
 
-    def __init__(self, fn: Callable[..., Any], what: str, **compile_kwargs: Any):
+    def __init__(self, fn: Callable[..., Any], what: str, *, frozen: bool = False, **compile_kwargs: Any):
+        """``frozen``: ``fn`` is an inference-only module whose weights never change, so inductor may fold them
+        in as constants (prepacked oneDNN matmul weights on a CPU, no per-call dtype casts). That needs
+        inductor's global ``freezing`` flag while dynamo traces: ``torch.compile(options={"freezing": True})``
+        is accepted but leaves the weights as graph inputs (torch 2.13, checked in the generated code)."""
         self.eager, self.what = fn, what
-        self._fn = torch.compile(fn, **compile_kwargs)
+        self._frozen = frozen
+        if frozen:
+            import torch._inductor.config as inductor_config
+
+            self._inductor_config = inductor_config
+
+            # Dynamo caches compiled graphs on the code object it is handed: compiling ``fn`` itself would
+            # let a later live compile of the same module reuse this graph and its stale constants.
+            def frozen_fn(*args: Any, **kwargs: Any) -> Any:
+                return fn(*args, **kwargs)
+
+            self._fn = torch.compile(frozen_fn, **compile_kwargs)
+        else:
+            self._fn = torch.compile(fn, **compile_kwargs)
         self._first = True
         self.compiled = True
 
+    def _call(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._frozen:
+            return self._fn(*args, **kwargs)
+        # every call, not only the first: a recompilation (a new input shape) must freeze as well
+        with self._inductor_config.patch(freezing=True):
+            return self._fn(*args, **kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._first:
-            return self._fn(*args, **kwargs)
+            return self._call(*args, **kwargs)
         self._first = False
         try:
-            return self._fn(*args, **kwargs)
+            return self._call(*args, **kwargs)
         except Exception as e:  # any compilation failure; eager below re-raises errors that are not
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             stderr.print(
