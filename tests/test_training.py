@@ -1,6 +1,8 @@
 """Resume, Ctrl-C, the non-finite guard and overwrite protection, on every stage."""
 
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,6 +254,77 @@ def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_datas
     cfg.critic.batch_size = 10**7  # larger than the dataset: the critic's process fails with a usage error
     with pytest.raises(UsageError, match="larger than the dataset"):
         pretrain_side_by_side(cfg, tmp_path, {"behavior": False, "critic": False})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tmp_path, default_dataset):
+    """A SIGTERM to the pipeline alone (``kill PID``, not the process group) ends it; its two training
+    processes must then write their checkpoints and exit, not train on and wait forever for more work."""
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import time
+
+    cfg = tiny_cfg(default_dataset, threads=2)
+    cfg.behavior.steps = cfg.critic.steps = 10**6  # far more than the test waits for
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    run = tmp_path / "run"
+    script = (
+        "import pickle, sys; from pathlib import Path; from srpo_cli.runner import pretrain_side_by_side; "
+        f"pretrain_side_by_side(pickle.loads(Path({str(tmp_path / 'cfg.pkl')!r}).read_bytes()), Path({str(run)!r}), "
+        "{'behavior': False, 'critic': False}, quiet=True)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+
+    def workers() -> list[int]:
+        found = []
+        for d in Path("/proc").iterdir():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if d.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == parent.pid and b"spawn_main" in cmd:
+                found.append(int(d.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 180
+        while not all(_logged_rows(run / "metrics" / f"{n}.csv") > 0 for n in ("behavior", "critic")):
+            assert time.monotonic() < deadline and parent.poll() is None, "the two stages never started"
+            time.sleep(0.5)
+        pids = workers()
+        assert len(pids) == 2
+        parent.send_signal(signal.SIGTERM)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while any(Path(f"/proc/{p}").exists() and "(Z)" not in _proc_state(p) for p in pids):
+            assert time.monotonic() < deadline, "a training process outlived the pipeline"
+            time.sleep(0.5)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for p in workers():
+            os.kill(p, signal.SIGKILL)
+    for name in ("behavior.safetensors", "critic.safetensors"):
+        assert load_checkpoint(run / name).meta["step"] > 0
+
+
+def _logged_rows(path: Path) -> int:
+    """Data rows of a metrics CSV: > 0 once the stage's training loop is running."""
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "(Z)"
+    return "(Z)" if stat.rsplit(")", 1)[1].split()[0] == "Z" else "(R)"
 
 
 def test_normalized_critic_round_trip(tmp_path, data, default_dataset):

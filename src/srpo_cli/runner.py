@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from .checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from .config import RunConfig
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .evaluate import EvalResult, evaluate, latency, make_env_fn
 from .policies import DiffusionPolicy, NumpyActor, action_bounds, actor_module, load_behavior, load_critic
 from .training import resolve_device
@@ -244,7 +245,27 @@ def side_by_side_stages(cfg: RunConfig, device: torch.device, plans: dict[str, s
     return pre if len(pre) == 2 and cfg.parallel_pretrain and device.type == "cpu" and threads >= 2 else []
 
 
-def _pretrain_worker(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, threads: int) -> dict[str, Any]:
+def _follow_parent(parent_pid: int) -> None:
+    """Pool initializer: a worker must not outlive the pipeline. Ctrl-C reaches the whole process group, but a
+    SIGTERM sent to the pipeline alone (``kill PID``) ends it and leaves its workers training on, and then
+    waiting forever for work from a parent that is gone. On Linux the kernel sends the worker SIGTERM when
+    its parent dies (PR_SET_PDEATHSIG), which the stage answers like Ctrl-C: a checkpoint, then exit."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(130)
+
+
+def _pretrain_worker(
+    stage: str, cfg: RunConfig, run_dir: Path, resume: bool, threads: int, parent_pid: int
+) -> dict[str, Any]:
     """One pretraining stage in its own process (spawned: nothing inherited but its arguments)."""
     from .behavior import train_behavior
     from .critic import train_critic
@@ -255,7 +276,14 @@ def _pretrain_worker(stage: str, cfg: RunConfig, run_dir: Path, resume: bool, th
     device = resolve_device(cfg.device)
     data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
     fn = train_behavior if stage == "behavior" else train_critic
-    return fn(cfg, data, run_dir, device, resume=resume, quiet=True)
+    try:
+        return fn(cfg, data, run_dir, device, resume=resume, quiet=True)
+    except BaseException:
+        # Orphaned: the stage has checkpointed if it could, and nobody will read a result or send more work
+        # (returning would leave the worker blocked on its queues), so leave without Python's shutdown.
+        if os.getppid() != parent_pid:
+            os._exit(130)
+        raise
 
 
 def _last_metrics(path: Path) -> dict[str, str]:
@@ -290,8 +318,6 @@ def pretrain_side_by_side(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .errors import Interrupted
-
     threads = max(1, (cfg.threads or torch.get_num_threads()) // 2)
     steps = {"behavior": cfg.behavior.steps, "critic": cfg.critic.steps}
     if log:
@@ -306,8 +332,14 @@ def pretrain_side_by_side(
         console=log,
         disable=quiet or log is None,
     )
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
-        futures = {name: pool.submit(_pretrain_worker, name, cfg, run_dir, resume[name], threads) for name in resume}
+    pid = os.getpid()
+    pool = ProcessPoolExecutor(
+        max_workers=2, mp_context=mp.get_context("spawn"), initializer=_follow_parent, initargs=(pid,)
+    )
+    with pool:
+        futures = {
+            name: pool.submit(_pretrain_worker, name, cfg, run_dir, resume[name], threads, pid) for name in resume
+        }
         tasks = {name: progress.add_task(name, total=steps[name], rate="-", losses="") for name in futures}
 
         def poll() -> None:

@@ -407,6 +407,9 @@ def _raise_on_sigterm():
         return None
 
     def handler(signum, frame):
+        # One is enough: a second SIGTERM during the checkpoint would interrupt the write itself (an orphaned
+        # pipeline worker receives two). ``fit`` restores the previous handler when it ends.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
