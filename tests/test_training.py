@@ -271,7 +271,7 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
     (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
     run = tmp_path / "run"
     script = (
-        "import pickle, sys; from pathlib import Path; from srpo_cli.runner import pretrain_side_by_side; "
+        "import pickle; from pathlib import Path; from srpo_cli.runner import pretrain_side_by_side; "
         f"pretrain_side_by_side(pickle.loads(Path({str(tmp_path / 'cfg.pkl')!r}).read_bytes()), Path({str(run)!r}), "
         "{'behavior': False, 'critic': False}, quiet=True)"
     )
@@ -289,6 +289,7 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
                 found.append(int(d.name))
         return found
 
+    pids: list[int] = []
     try:
         deadline = time.monotonic() + 180
         while not all(_logged_rows(run / "metrics" / f"{n}.csv") > 0 for n in ("behavior", "critic")):
@@ -299,14 +300,15 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
         parent.send_signal(signal.SIGTERM)
         parent.wait(timeout=30)
         deadline = time.monotonic() + 120
-        while any(Path(f"/proc/{p}").exists() and "(Z)" not in _proc_state(p) for p in pids):
+        while any(_alive(p) for p in pids):
             assert time.monotonic() < deadline, "a training process outlived the pipeline"
             time.sleep(0.5)
     finally:
         if parent.poll() is None:
             parent.kill()
-        for p in workers():
-            os.kill(p, signal.SIGKILL)
+        for p in pids:  # after a failure; reparented by then, so no longer found as the parent's children
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
     for name in ("behavior.safetensors", "critic.safetensors"):
         assert load_checkpoint(run / name).meta["step"] > 0
 
@@ -319,12 +321,12 @@ def _logged_rows(path: Path) -> int:
         return 0
 
 
-def _proc_state(pid: int) -> str:
+def _alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has: it only waits for its new parent to reap it)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return "(Z)"
-    return "(Z)" if stat.rsplit(")", 1)[1].split()[0] == "Z" else "(R)"
+        return False
 
 
 def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
