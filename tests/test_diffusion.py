@@ -81,20 +81,77 @@ def test_behavior_model_recovers_state_conditioned_modes():
     assert math.isfinite(float(loss))
 
 
-def test_fast_mish_is_mish():
+@pytest.mark.parametrize("fused", [False, True])
+def test_fast_mish_is_mish(fused):
     from srpo_cli.diffusion import mish
 
     x = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64), torch.randn(500, dtype=torch.float64)])
-    torch.testing.assert_close(mish(x), torch.nn.functional.mish(x))  # no-grad path (frozen nets)
+    torch.testing.assert_close(mish(x, fused), torch.nn.functional.mish(x))  # no-grad path (frozen nets)
     xg = x.clone().requires_grad_()
-    torch.testing.assert_close(mish(xg).detach(), torch.nn.functional.mish(x))  # autograd path
-    mish(xg).sum().backward()
+    torch.testing.assert_close(mish(xg, fused).detach(), torch.nn.functional.mish(x))  # autograd path
+    mish(xg, fused).sum().backward()
     xr = x.clone().requires_grad_()
     torch.nn.functional.mish(xr).sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)
-    assert torch.autograd.gradcheck(mish, (torch.randn(20, dtype=torch.float64, requires_grad=True),))
+    x20 = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: mish(v, fused), (x20,))
     x32 = torch.randn(1000) * 5
-    torch.testing.assert_close(mish(x32), torch.nn.functional.mish(x32), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(mish(x32, fused), torch.nn.functional.mish(x32), atol=1e-6, rtol=1e-5)
+
+
+def test_fused_mish_in_bf16_autocast_keeps_the_dtype_and_the_values():
+    """Under the behavior stage's bf16 autocast the fused kernels get bf16 tensors: they must return bf16
+    (autocast must not turn their element-wise ops to fp32) and be as close to Mish as bf16 allows."""
+    from srpo_cli.diffusion import mish
+
+    x = (torch.randn(256, 1024) * 4).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mish(x, True)
+    assert y.dtype == torch.bfloat16
+    g = torch.randn(256, 1024).bfloat16()
+    y.backward(g)
+    xf = x.detach().float().requires_grad_()
+    ref = torch.nn.functional.mish(xf)
+    ref.backward(g.float())
+    torch.testing.assert_close(y.float(), ref, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(x.grad.float(), xf.grad, atol=0.05, rtol=0.02)
+
+
+def test_the_fused_behavior_net_trains_like_the_eager_one():
+    """fused_mish changes how Mish is computed, not the network: same outputs and parameter gradients."""
+    torch.manual_seed(0)
+    eager = ScoreNet(11, 3, fused_mish=False).eval()
+    fused = ScoreNet(11, 3, fused_mish=True).eval()
+    fused.load_state_dict(eager.state_dict())
+    a, s, t = torch.randn(64, 3), torch.randn(64, 11), torch.rand(64)
+    outs = []
+    for net in (eager, fused):
+        out = net(a, s, t)
+        out.square().sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for pe, pf in zip(eager.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(pf.grad, pe.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_mish_falls_back_to_eager_with_a_warning(monkeypatch, capsys):
+    """No C++ compiler: the fused Mish warns once, naming the field that turns it off, and computes Mish."""
+    from srpo_cli import diffusion
+
+    def no_compiler(fn, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("C++ compile error: no compiler found")  # what inductor raises, in short
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(diffusion, "_FUSED", diffusion._FusedKernels())
+    x = torch.randn(300, requires_grad=True)
+    y = diffusion.mish(x, True)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), torch.nn.functional.mish(x.detach()))
+    err = capsys.readouterr().err
+    assert "torch.compile of the fused Mish failed" in err and "behavior.fused_mish" in err
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

@@ -55,6 +55,11 @@ class BehaviorConfig:
     time_dim: int = _f(128, "width of the learned time embedding")
     bf16: bool = _f(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32)")
     compile: bool = _f(False, "wrap the network in torch.compile")
+    fused_mish: bool = _f(
+        True,
+        "on a CPU, Mish forward and backward as one inductor-compiled kernel each (same maths; needs a C++ "
+        "compiler at run time, else the eager form with a warning)",
+    )
     log_every: int = _f(100, "steps between metric rows / progress updates")
     ckpt_every: int = _f(50_000, "steps between periodic checkpoints")
 

@@ -58,12 +58,20 @@ class CompiledOrEager:
     compilation's, ``fn`` raises it again. Later errors propagate.
     """
 
-    def __init__(self, fn: Callable[..., Any], what: str, *, frozen: bool = False, **compile_kwargs: Any):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        what: str,
+        *,
+        frozen: bool = False,
+        hint: str = "Set the compile field to false to skip the attempt.",
+        **compile_kwargs: Any,
+    ):
         """``frozen``: ``fn`` is an inference-only module whose weights never change, so inductor may fold them
         in as constants (prepacked oneDNN matmul weights on a CPU, no per-call dtype casts). That needs
         inductor's global ``freezing`` flag while dynamo traces: ``torch.compile(options={"freezing": True})``
         is accepted but leaves the weights as graph inputs (torch 2.13, checked in the generated code)."""
-        self.eager, self.what = fn, what
+        self.eager, self.what, self.hint = fn, what, hint
         self._frozen = frozen
         if frozen:
             import torch._inductor.config as inductor_config
@@ -98,8 +106,7 @@ class CompiledOrEager:
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             stderr.print(
                 f"[yellow]warning:[/] torch.compile of {self.what} failed ({type(e).__name__}: {first_line}); "
-                "continuing without compilation (same results, slower). Set the compile field to false to "
-                "skip the attempt."
+                f"continuing without compilation (same results, slower). {self.hint}"
             )
             self._fn, self.compiled = self.eager, False
             return self._fn(*args, **kwargs)
