@@ -14,12 +14,14 @@ import time
 
 import torch
 
+from srpo_cli import training  # noqa: F401  (the allocator tuning every srpo stage runs with)
+from srpo_cli.config import BehaviorConfig
 from srpo_cli.diffusion import ScoreNet, VPSchedule, eps_loss
 
 
 def steps_per_s(batch: int, bf16: bool, seconds: float) -> float:
     torch.manual_seed(0)
-    net = ScoreNet(11, 3)  # Hopper's dims
+    net = ScoreNet.from_config(11, 3, BehaviorConfig())  # Hopper's dims, the stage's network (fused Mish)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=0.01)
     schedule, gen = VPSchedule(0.1, 20.0), torch.Generator().manual_seed(0)
     s, a = torch.randn(batch, 11), torch.rand(batch, 3) * 2 - 1
