@@ -195,14 +195,14 @@ class LNResBlock(nn.Module):
 
     def __init__(self, dim: int, expansion: int, dropout: float, fused_mish: bool = False):
         super().__init__()
-        self.fused_mish = fused_mish
         self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, dim * expansion)
+        self.act = Mish(fused_mish)
         self.fc2 = nn.Linear(dim * expansion, dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.fc2(mish(self.fc1(self.norm(self.dropout(h))), self.fused_mish))
+        return h + self.fc2(self.act(self.fc1(self.norm(self.dropout(h)))))
 
 
 class ScoreNet(nn.Module):
