@@ -15,10 +15,10 @@ import argparse
 import time
 
 import torch
+from bench_speed import random_transitions  # examples/, beside this script
 
 from srpo_cli import config, diffusion
 from srpo_cli.behavior import BehaviorStage
-from srpo_cli.data import Transitions
 
 
 def best_ms(fn, n: int, rounds: int) -> float:
@@ -44,19 +44,7 @@ def mish_ms(fused: bool, dtype: torch.dtype, rounds: int) -> float:
 
 
 def behavior_stage(fused: bool, bf16: bool) -> BehaviorStage:
-    gen = torch.Generator().manual_seed(0)
-    n, obs, act = 100_000, 11, 3  # Hopper's dims, random data
-    data = Transitions(
-        dataset_id="bench/random-v0",
-        observations=torch.randn(n, obs, generator=gen),
-        actions=torch.rand(n, act, generator=gen) * 2 - 1,
-        rewards=torch.zeros(n),
-        next_observations=torch.randn(n, obs, generator=gen),
-        terminals=torch.zeros(n),
-        episode_returns=torch.zeros(10).numpy(),
-        action_low=-torch.ones(act).numpy(),
-        action_high=torch.ones(act).numpy(),
-    )
+    data = random_transitions(torch.device("cpu"))  # bench_speed's random Hopper-sized data
     cfg = config.RunConfig()
     cfg.behavior.bf16, cfg.behavior.fused_mish = bf16, fused
     return BehaviorStage(cfg, data, torch.device("cpu"))

@@ -68,15 +68,12 @@ def timed(step, n: int, device: torch.device, warmup: int = 3) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------- ours
-def our_stages(device: torch.device, tmp: Path):
-    from srpo_cli import config
-    from srpo_cli.behavior import BehaviorStage
-    from srpo_cli.critic import CriticStage
+def random_transitions(device: torch.device):
+    """N random Hopper-sized transitions (obs 11, action 3) on ``device``: what every stage here trains on."""
     from srpo_cli.data import Transitions
-    from srpo_cli.extract import ExtractStage
 
     g = torch.Generator().manual_seed(0)
-    data = Transitions(
+    return Transitions(
         dataset_id="bench/random-v0",
         observations=torch.randn(N, OBS, generator=g).to(device),
         actions=(torch.rand(N, ACT, generator=g) * 2 - 1).to(device),
@@ -87,6 +84,15 @@ def our_stages(device: torch.device, tmp: Path):
         action_low=-torch.ones(ACT).numpy(),
         action_high=torch.ones(ACT).numpy(),
     )
+
+
+def our_stages(device: torch.device, tmp: Path):
+    from srpo_cli import config
+    from srpo_cli.behavior import BehaviorStage
+    from srpo_cli.critic import CriticStage
+    from srpo_cli.extract import ExtractStage
+
+    data = random_transitions(device)
     cfg = config.RunConfig()
     cfg.critic.reward_mode = "none"
     behavior = BehaviorStage(cfg, data, device)
