@@ -93,6 +93,40 @@ def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
     assert "ranking accuracy" in out.out and "up the critic's gradient" in out.out
 
 
+def test_value_probe_returns_to_go_by_hand():
+    """Discounted returns-to-go restart at each episode; steps left count down to 0 at the episode's end."""
+    import numpy as np
+
+    probe = load_example("value_vs_returns")
+    g, left = probe.returns_to_go(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([3, 2]), 0.5)
+    np.testing.assert_allclose(g, [1 + 0.5 * (2 + 0.5 * 3), 2 + 0.5 * 3, 3, 4 + 0.5 * 5, 5])
+    assert left.tolist() == [2, 1, 0, 1, 0]
+
+
+def test_value_probe_on_a_tiny_hopper(tmp_path, capsys):
+    """The value probe reads a critic's reward transform and compares V and Q with the data's own returns."""
+    from conftest import tiny_cfg
+
+    from srpo_cli.critic import train_critic
+    from srpo_cli.data import load_transitions
+    from srpo_cli.datasets import collect
+
+    collect("Hopper-v5", "test/hopper/random-v0", "random", 400, seed=0)
+    cfg = tiny_cfg("test/hopper/random-v0")
+    run = tmp_path / "run"
+    train_critic(cfg, load_transitions("test/hopper/random-v0"), run, torch.device("cpu"), quiet=True)
+    probe = load_example("value_vs_returns")
+    argv = ["--dataset", "test/hopper/random-v0", "--critics", str(run / "critic.safetensors"), "--json"]
+    assert probe.main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("[") :])
+    (entry,) = report
+    assert entry["step"] == cfg.critic.steps
+    assert -1.0 <= entry["corr_v_g"] <= 1.0 and entry["advantage_std"] > 0
+    assert sum(b["n"] for b in entry["bins"]) == int(out.split("(")[1].split(" transitions")[0].replace(",", ""))
+    assert entry["bins"][0]["n"] > 0  # random hopper episodes end in terminations
+
+
 # A stand-in for the authors' modules with the interface examples/reference_critic.py uses (Q on [a, s]); each
 # update moves every weight, so the online and target nets differ when the critic is copied.
 FAKE_REFERENCE = """
