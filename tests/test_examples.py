@@ -111,12 +111,12 @@ def test_value_probe_on_a_tiny_hopper(tmp_path, capsys):
     from srpo_cli.data import load_transitions
     from srpo_cli.datasets import collect
 
-    collect("Hopper-v5", "test/hopper/random-v0", "random", 400, seed=0)
-    cfg = tiny_cfg("test/hopper/random-v0")
+    collect("Hopper-v5", "test/hopper/value-probe-v0", "random", 400, seed=0)
+    cfg = tiny_cfg("test/hopper/value-probe-v0")
     run = tmp_path / "run"
-    train_critic(cfg, load_transitions("test/hopper/random-v0"), run, torch.device("cpu"), quiet=True)
+    train_critic(cfg, load_transitions("test/hopper/value-probe-v0"), run, torch.device("cpu"), quiet=True)
     probe = load_example("value_vs_returns")
-    argv = ["--dataset", "test/hopper/random-v0", "--critics", str(run / "critic.safetensors"), "--json"]
+    argv = ["--dataset", "test/hopper/value-probe-v0", "--critics", str(run / "critic.safetensors"), "--json"]
     assert probe.main(argv) == 0
     out = capsys.readouterr().out
     report = json.loads(out[out.index("[") :])
