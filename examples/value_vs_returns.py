@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srpo_cli.checkpoint import load_checkpoint
-from srpo_cli.data import episodes_to_arrays, normalize_action, open_local, scale_rewards
+from srpo_cli.data import action_bounds, episodes_to_arrays, normalize_action, open_local, scale_rewards
 from srpo_cli.policies import load_critic
 
 BINS = [(0, 0), (1, 3), (4, 10), (11, 30), (31, 100), (101, 300), (301, None)]
@@ -59,14 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ds = open_local(args.dataset)
     arr = episodes_to_arrays(ds.iterate_episodes())
-    space = ds.action_space
-    actions = normalize_action(arr["actions"], np.asarray(space.low, np.float32), np.asarray(space.high, np.float32))
     lengths = arr["episode_lengths"]
     ends = np.cumsum(lengths) - 1
     terminated_episode = arr["terminals"][ends] > 0
     in_terminated = np.repeat(terminated_episode, lengths)  # transitions whose G is exact
     obs = torch.from_numpy(arr["observations"][in_terminated])
-    act = torch.from_numpy(actions[in_terminated])
     print(
         f"{args.dataset}: {len(lengths):,} episodes, {int(terminated_episode.sum()):,} end in a termination "
         f"({int(in_terminated.sum()):,} transitions used)"
@@ -74,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = []
     for path in args.critics:
-        cfg = load_checkpoint(path, "critic").config["critic"]
+        _, q_target, v_net, ckpt = load_critic(path, torch.device("cpu"))
+        full_cfg = ckpt.config
+        cfg = full_cfg["critic"]
+        # the actions as this critic saw them in training
+        normalize = full_cfg.get("data", {}).get("normalize_actions", True)
+        bounds = action_bounds(ds.action_space, arr["actions"].shape[1], normalize)
+        act = torch.from_numpy(normalize_action(arr["actions"][in_terminated], *bounds))
         rewards = scale_rewards(
             torch.from_numpy(arr["rewards"]),
             arr["episode_returns"],
@@ -84,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         ).numpy()
         g_all, left_all = returns_to_go(rewards, lengths, cfg["discount"])
         g, left = g_all[in_terminated], left_all[in_terminated]
-        _, q_target, v_net, ckpt = load_critic(path, torch.device("cpu"))
         with torch.no_grad():
             v = torch.cat([v_net(obs[i : i + 65536]) for i in range(0, len(obs), 65536)]).numpy()
             q = torch.cat(

@@ -150,11 +150,7 @@ def load_transitions(
     ds = open_local(dataset_id)
     arrays = episodes_to_arrays(ds.iterate_episodes())
     _check_finite(arrays, dataset_id)
-    space = ds.action_space
-    low = np.asarray(getattr(space, "low", -np.ones(arrays["actions"].shape[1])), dtype=np.float32).reshape(-1)
-    high = np.asarray(getattr(space, "high", np.ones(arrays["actions"].shape[1])), dtype=np.float32).reshape(-1)
-    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))) or not normalize_actions:
-        low, high = -np.ones_like(low), np.ones_like(high)
+    low, high = action_bounds(ds.action_space, arrays["actions"].shape[1], normalize_actions)
     actions = normalize_action(arrays["actions"], low, high)
     meta = ds.storage.metadata
     spec_json = meta.get("eval_env_spec") or meta.get("env_spec")
@@ -180,6 +176,15 @@ def _float_or_none(x: Any) -> float | None:
         return None if x is None else float(x)
     except (TypeError, ValueError):
         return None
+
+
+def action_bounds(space: Any, action_dim: int, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) that ``normalize_action`` maps to [-1, 1]: the space's finite bounds, else (-1, 1), a no-op."""
+    low = np.asarray(getattr(space, "low", -np.ones(action_dim)), dtype=np.float32).reshape(-1)
+    high = np.asarray(getattr(space, "high", np.ones(action_dim)), dtype=np.float32).reshape(-1)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))) or not normalize:
+        low, high = -np.ones_like(low), np.ones_like(high)
+    return low, high
 
 
 def normalize_action(a: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
