@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         ).numpy()
         g_all, left_all = returns_to_go(rewards, lengths, cfg["discount"])
         g, left = g_all[in_terminated], left_all[in_terminated]
+        v_parts, q_parts = [], []
         with torch.no_grad():
-            v = torch.cat([v_net(obs[i : i + 65536]) for i in range(0, len(obs), 65536)]).numpy()
-            q = torch.cat(
-                [q_target(obs[i : i + 65536], act[i : i + 65536]).mean(0) for i in range(0, len(obs), 65536)]
-            ).numpy()
+            for s, a in zip(obs.split(65536), act.split(65536), strict=True):
+                v_parts.append(v_net(s))
+                q_parts.append(q_target(s, a).mean(0))
+        v, q = torch.cat(v_parts).numpy(), torch.cat(q_parts).numpy()
         rows = []
         for lo, hi in BINS:
             m = (left >= lo) & (left <= (hi if hi is not None else left.max()))
