@@ -15,7 +15,7 @@ from srpo_cli.critic import CriticStage, train_critic
 from srpo_cli.data import load_transitions
 from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
 from srpo_cli.extract import train_actor
-from srpo_cli.training import check_can_write, fit, state_path
+from srpo_cli.training import check_can_write, fit, optimizer_step, state_path
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +443,65 @@ def test_compile_errors_that_are_not_compilation_still_surface():
 
     with pytest.raises(RuntimeError):
         CompiledOrEager(f, "a broken function")(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_optimizer_step_is_bitwise_adam_step(kind, device):
+    """The direct fused-kernel call gives exactly Adam(W).step's parameters and state, across two groups
+    with their own learning rates, an LR schedule, and a save/load of the state in between (--resume)."""
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        pytest.skip("fused Adam exists for the CPU and CUDA only")
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (3,), (4, 5), (4,)]
+    init = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(6)]
+
+    def build():
+        params = [torch.nn.Parameter(x.clone().to(dev)) for x in init]
+        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        groups = [{"params": params[:2], "lr": 1e-2}, {"params": params[2:], "lr": 3e-3}]
+        opt = cls(groups, lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1, fused=True)
+        return params, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
+
+    def train(params, opt, sched, stepper, steps):
+        for gs in steps:
+            for p, x in zip(params, gs, strict=True):
+                p.grad = x.to(dev)
+            stepper(opt)
+            sched.step()
+
+    ref, ref_opt, ref_sched = build()
+    train(ref, ref_opt, ref_sched, lambda o: o.step(), grads)
+    ours, opt, sched = build()
+    train(ours, opt, sched, optimizer_step, grads[:3])  # the first call creates the state via opt.step()
+    resumed, r_opt, r_sched = build()
+    r_opt.load_state_dict(opt.state_dict())
+    r_sched.load_state_dict(sched.state_dict())
+    with torch.no_grad():
+        for p, q in zip(resumed, ours, strict=True):
+            p.copy_(q)
+    train(resumed, r_opt, r_sched, optimizer_step, grads[3:])
+    for p, q in zip(resumed, ref, strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(resumed, ref, strict=True):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(r_opt.state[p][key], ref_opt.state[q][key])
+
+
+def test_optimizer_step_falls_back_for_what_it_does_not_cover():
+    """A non-fused Adam, amsgrad and a parameter without a gradient all take opt.step()'s path."""
+    for kwargs in ({"foreach": True}, {"fused": True, "amsgrad": True}):
+        p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+        opt, ref = torch.optim.Adam([p], lr=0.1, **kwargs), torch.optim.Adam([q], lr=0.1, **kwargs)
+        for _ in range(3):
+            p.grad, q.grad = torch.full((3,), 0.5), torch.full((3,), 0.5)
+            optimizer_step(opt)
+            ref.step()
+        assert torch.equal(p, q)
+    p, frozen = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p, frozen], lr=0.1, fused=True)
+    for _ in range(2):
+        p.grad = torch.ones(3)
+        optimizer_step(opt)
+    assert torch.equal(frozen, torch.ones(3)) and not torch.equal(p, torch.ones(3))

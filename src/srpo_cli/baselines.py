@@ -17,7 +17,7 @@ from .extract import check_inputs
 from .losses import weighted_regression_loss
 from .networks import TanhActor
 from .policies import load_critic
-from .training import Stage, fit
+from .training import Stage, fit, optimizer_step
 
 
 class RegressionStage(Stage):
@@ -59,7 +59,7 @@ class RegressionStage(Stage):
         opt = self.optimizers["actor"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer_step(opt)
         self.schedulers["actor"].step()
         return {"loss": loss.detach(), "mean_weight": w.mean()}
 

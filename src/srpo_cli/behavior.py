@@ -10,7 +10,7 @@ import torch
 from .config import RunConfig
 from .data import Transitions
 from .diffusion import ScoreNet, VPSchedule, eps_loss
-from .training import CompiledOrEager, Stage, fit
+from .training import CompiledOrEager, Stage, fit, optimizer_step
 
 FILE_NAME = "behavior.safetensors"
 
@@ -47,7 +47,7 @@ class BehaviorStage(Stage):
         opt = self.optimizers["net"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer_step(opt)
         return {"loss": loss.detach()}
 
 

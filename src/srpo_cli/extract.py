@@ -20,7 +20,7 @@ from .errors import RuntimeFailure
 from .losses import srpo_loss, srpo_loss_through_q, srpo_weight
 from .networks import EnsembleQ, TanhActor
 from .policies import check_same_lineage, load_behavior, load_critic
-from .training import CompiledOrEager, Stage, fit
+from .training import CompiledOrEager, Stage, fit, optimizer_step
 
 FILE_NAME = "actor.safetensors"
 
@@ -96,7 +96,7 @@ class ExtractStage(Stage):
         )
         for p, g in zip(self.actor.parameters(), grads, strict=True):
             p.grad = g
-        self.optimizers["actor"].step()
+        optimizer_step(self.optimizers["actor"])
         if self.schedulers:
             self.schedulers["actor"].step()
         return {"loss": loss, "score_term": score_term, "q_value": q_value}
