@@ -1,6 +1,6 @@
-"""Training speed of each SRPO stage, ours against the authors' reference code, side by side in one process.
+"""Training speed of each SRPO stage, ours against the authors' reference code, in alternating bursts.
 
-    python examples/bench_speed.py --reference /path/to/thu-ml/SRPO [--device cpu] [--rounds 3]
+    python examples/bench_speed.py --reference /path/to/thu-ml/SRPO [--device cpu] [--rounds 5] [--only critic]
 
 The reference (github.com/thu-ml/SRPO) is not part of srpo: point --reference at a checkout (a work tree or a
 bare git directory). Its files are copied to a temporary folder and patched only to run on --device instead of
@@ -8,8 +8,12 @@ a hard-coded "cuda"; nothing else is changed. Without --reference only our figur
 
 Both implementations train the same networks on the same random Hopper-sized data (obs 11, action 3) at the
 paper's batch sizes (behavior 2048, critic 256, extract 256). Each implementation runs in its own process (ours
-tunes the allocator; the reference must not inherit that), alternating ours/reference for --rounds rounds;
-the median steps/s of each is reported, so machine noise hits both; ratios are what to compare.
+tunes the allocator; the reference must not inherit that), built once; then, --rounds times, each stage is
+timed for a burst of a few seconds in ours and right after (or right before: the order alternates) in the
+reference, one process waiting while the other runs. This machine's speed swings by tens of percent from
+minute to minute, so the figure to quote is the median over rounds of each round's ratio (two bursts seconds
+apart), not a ratio of medians taken minutes apart; bf16 and compiled variants are paired with the
+reference's fp32 burst. The range of the per-round ratios is printed beside it.
 The reference's critic step (`update_iql`) also trains a side AWR policy that SRPO never uses: the "critic"
 row times that whole step, as issue 3 defines the comparison; "critic-qv" times its Q and V update alone
 (`update_q0`) against the same step of ours, the like-for-like figure.
@@ -159,13 +163,8 @@ def reference_stages(ref, device: torch.device):
     policy = ref.SRPO(OBS + ACT, ACT, marginal_prob_std, args=args).to(device)
     policy.q[0] = critic.q[0]
 
-    def behavior_bf16():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            behavior.update_behavior(batch(2048))
-
     return {
         "behavior fp32": lambda: behavior.update_behavior(batch(2048)),
-        "behavior bf16": behavior_bf16,
         "critic fp32": lambda: critic.update_iql(batch(256)),
         # the critic alone (Q and V), without the side AWR policy that update_iql also trains
         "critic-qv fp32": lambda: critic.q[0].update_q0(batch(256)),
@@ -180,9 +179,15 @@ STEPS_GPU = {"behavior": 60, "critic": 1000, "critic-qv": 1000, "extract": 500}
 BEHAVIOR_GFLOP = 6 * 1.64e6 * 2048 / 1e9
 
 
-def worker(impl: str, reference: Path | None, device: torch.device, only: list[str]) -> dict[str, float]:
-    """Measure one implementation's stages once, in this process (the caller gives each its own process, so
-    the reference runs with the allocator and threads it would have on its own)."""
+def serve(impl: str, reference: Path | None, device: torch.device, only: list[str]) -> None:
+    """A worker process: build one implementation's stages once, then time bursts on request.
+
+    Protocol (one line each way): the worker prints the JSON list of its stage names when ready; each
+    request is ``{"stage": name, "steps": n, "warmup": k}`` and is answered with the steps/s of that burst
+    (answers start with REPLY).
+    Each implementation has its own process (ours tunes the allocator; the reference must not inherit that),
+    and only one of the two runs at a time: the other waits on its pipe.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="srpo-bench-"))
     try:
         stages = (
@@ -190,32 +195,56 @@ def worker(impl: str, reference: Path | None, device: torch.device, only: list[s
             if impl == "ours"
             else reference_stages(load_reference(reference, device, tmp), device)
         )
-        out = {}
-        for name, fn in stages.items():
-            if only and not any(name.startswith(o) for o in only):
-                continue
-            steps = STEPS if device.type == "cpu" else STEPS_GPU
-            out[name] = timed(fn, steps[name.split()[0]], device, warmup=3 if device.type == "cpu" else 20)
-        return out
+        stages = {k: v for k, v in stages.items() if not only or any(k.startswith(o) for o in only)}
+        print(REPLY + json.dumps(list(stages)), flush=True)
+        for line in sys.stdin:
+            req = json.loads(line)
+            steps_per_s = timed(stages[req["stage"]], req["steps"], device, warmup=req["warmup"])
+            print(REPLY + json.dumps(steps_per_s), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_worker(impl: str, args) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", impl, "--device", args.device, "--only", args.only]
-    if args.reference:
-        cmd += ["--reference", str(args.reference)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{impl} worker failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+REPLY = "@bench "  # marks the worker's answers on its stdout
+
+
+class Worker:
+    def __init__(self, impl: str, args):
+        cmd = [sys.executable, __file__, "--worker", impl, "--device", args.device, "--only", args.only]
+        if args.reference:
+            cmd += ["--reference", str(args.reference)]
+        self.impl = impl
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.stages = self._read()
+        self.warm: set[str] = set()
+
+    def _read(self):
+        while True:  # skip whatever else the code under test prints
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"{self.impl} worker failed (its error is above)")
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+
+    def time(self, stage: str, device: torch.device) -> float:
+        steps = (STEPS if device.type == "cpu" else STEPS_GPU)[stage.split()[0]]
+        # the first burst pays compilation and first-touch costs; later ones re-warm caches the other used
+        warmup = 1 if stage in self.warm else (3 if device.type == "cpu" else 20)
+        self.warm.add(stage)
+        self.proc.stdin.write(json.dumps({"stage": stage, "steps": steps, "warmup": warmup}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, help="checkout (or bare git dir) of github.com/thu-ml/SRPO")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="bursts per stage and implementation")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated stage prefixes to run, e.g. critic,extract")
     ap.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -223,33 +252,40 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     only = [x for x in args.only.split(",") if x]
     if args.worker:
-        print(json.dumps(worker(args.worker, args.reference, device, only)))
+        serve(args.worker, args.reference, device, only)
         return 0
-    results: dict[str, dict[str, list[float]]] = {}
-    for i in range(args.rounds):
-        impls = ["ours"] + (["reference"] if args.reference else [])
-        for impl in impls:
-            got = run_worker(impl, args)
-            print(f"round {i + 1} {impl}: {json.dumps(got)}", file=sys.stderr, flush=True)  # kept if cut short
-            for name, v in got.items():
-                results.setdefault(name, {"ours": [], "reference": []})[impl].append(v)
+    workers = [Worker("ours", args)] + ([Worker("reference", args)] if args.reference else [])
+    ours, ref = workers[0], (workers[1] if len(workers) > 1 else None)
+    results: dict[str, dict[str, list[float]]] = {n: {"ours": [], "reference": []} for n in ours.stages}
+    try:
+        for i in range(args.rounds):
+            for name in ours.stages:
+                # bf16 and compiled variants are paired with the reference's fp32 burst, as issue 3 compares them
+                ref_name = name.split()[0] + " fp32"
+                pair = [(ours, name)] + ([(ref, ref_name)] if ref and ref_name in ref.stages else [])
+                for w, stage in pair if i % 2 == 0 else pair[::-1]:  # alternate who goes first
+                    results[name]["ours" if w is ours else "reference"].append(w.time(stage, device))
+            got = {k: round(v["ours"][-1], 1) for k, v in results.items()}
+            print(f"round {i + 1}: ours {json.dumps(got)}", file=sys.stderr, flush=True)
+    finally:
+        for w in workers:
+            w.close()
     peak32 = matmul_peak(torch.float32, device)
     peak16 = matmul_peak(torch.bfloat16, device)
     rows = {}
     for name, r in results.items():
-        if not r["ours"]:
-            continue
         ours_m = statistics.median(r["ours"])
         ref_m = statistics.median(r["reference"]) if r["reference"] else None
         row = {"ours_steps_per_s": ours_m, "reference_steps_per_s": ref_m, "rounds": r}
         if ref_m:
-            row["speedup"] = ours_m / ref_m
-            # each round runs ours then the reference back to back: their ratio is what machine noise spares
-            ratios = [o / f for o, f in zip(r["ours"], r["reference"], strict=False)]
-            row["speedup_per_round"] = [min(ratios), max(ratios)]
-        ref32 = results.get(name.split()[0] + " fp32", {}).get("reference")
-        if not name.endswith("fp32") and ref32:
-            row["speedup_vs_reference_fp32"] = ours_m / statistics.median(ref32)
+            # each round times ours and the reference back to back: the ratio within a round is what this
+            # machine's minute-to-minute swings spare, and its median over rounds is the figure to quote
+            ratios = sorted(o / f for o, f in zip(r["ours"], r["reference"], strict=True))
+            row["speedup"] = statistics.median(ratios)
+            row["speedup_per_round"] = [ratios[0], ratios[-1]]
+            if not name.endswith("fp32"):
+                row["reference_steps_per_s"] = None  # the reference fp32 burst it was paired with
+                row["speedup_vs_reference_fp32"] = row.pop("speedup")
         if name.startswith("behavior"):
             row["gflop_per_s"] = ours_m * BEHAVIOR_GFLOP
             row["fraction_of_fp32_peak"] = row["gflop_per_s"] / peak32
@@ -258,27 +294,29 @@ def main(argv=None) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "rounds": args.rounds,
         "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
         "stages": rows,
     }
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"device {device}, {out['threads']} threads, torch {torch.__version__}")
+    print(f"device {device}, {out['threads']} threads, torch {torch.__version__}, {args.rounds} rounds")
     print(f"matmul peak (1024^3): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
-    print(f"{'stage':<16}{'ours steps/s':>14}{'reference':>12}{'speedup':>10}  notes")
+    print("speedup: the median over rounds of ours / reference, each round's two bursts back to back")
+    print(f"{'stage':<22}{'ours steps/s':>13}{'reference':>11}{'speedup':>9}  notes")
     for name, row in rows.items():
-        ref = f"{row['reference_steps_per_s']:.1f}" if row["reference_steps_per_s"] else "-"
+        ref_s = f"{row['reference_steps_per_s']:.1f}" if row["reference_steps_per_s"] else "-"
         sp = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
         notes = []
+        if "speedup_vs_reference_fp32" in row:
+            notes.append(f"{row['speedup_vs_reference_fp32']:.2f}x reference fp32")
         if "speedup_per_round" in row:
             lo, hi = row["speedup_per_round"]
             notes.append(f"rounds {lo:.2f}-{hi:.2f}x")
-        if "speedup_vs_reference_fp32" in row:
-            notes.append(f"{row['speedup_vs_reference_fp32']:.2f}x reference fp32")
         if "gflop_per_s" in row:
             notes.append(f"{row['gflop_per_s']:.0f} GFLOP/s = {100 * row['fraction_of_fp32_peak']:.0f}% of fp32 peak")
-        print(f"{name:<16}{row['ours_steps_per_s']:>14.1f}{ref:>12}{sp:>10}  {'; '.join(notes)}")
+        print(f"{name:<22}{row['ours_steps_per_s']:>13.1f}{ref_s:>11}{sp:>9}  {'; '.join(notes)}")
     return 0
 
 
