@@ -6,14 +6,21 @@ For each dataset and seed: behavior model, critic, SRPO actor, AWR and BC polici
 (the dataset's preset, or --preset), then evaluation of SRPO, the diffusion-policy baseline, AWR and BC, and
 the action latency of SRPO vs the diffusion baseline. Finished stages in the run directories are reused, so an
 interrupted benchmark continues where it stopped. The table records the command line that produced it.
+
+--betas 0,0.01 adds one SRPO column per beta: an actor extracted at that beta (the preset's extraction
+otherwise) from the same behavior model and critic, in RUN/beta-B/ (hard links to the two checkpoints).
+Extraction is the cheapest stage, so this is how to choose a dataset's beta for a budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
+import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,7 +57,35 @@ def _script_path() -> str:
         return str(here)
 
 
-def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False) -> dict:
+def _link(src: Path, dst: Path) -> None:
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or no hard links there
+        shutil.copy2(src, dst)
+
+
+def extract_at_beta(cfg: config.RunConfig, data, run_dir: Path, beta: float, quiet: bool, force: bool) -> float:
+    """The normalized SRPO score of an actor extracted at ``beta`` from the run's behavior model and critic."""
+    sub = run_dir / f"beta-{beta:g}"
+    sub.mkdir(exist_ok=True)
+    for name in ("behavior.safetensors", "critic.safetensors"):
+        _link(run_dir / name, sub / name)  # afresh each time: the run's own may have been retrained
+    cfg_b = copy.deepcopy(cfg)
+    cfg_b.extract.beta = beta
+    cfg_b.run_dir = str(sub)
+    plan = stage_plan(sub / "actor.safetensors", cfg_b.extract.steps, force, cfg_b)
+    if plan != "skip":
+        device = resolve_device(cfg.device)
+        t0 = time.perf_counter()
+        train_actor(cfg_b, data, sub, device, quiet=quiet, resume=plan == "resume")
+        _record_wall(run_dir, f"extract beta={beta:g}", time.perf_counter() - t0)
+    res = evaluate_run(cfg_b, sub, "srpo")
+    return float(res.normalized(res.returns.mean())) if res.has_ref else float(res.returns.mean())
+
+
+def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tuple[float, ...] = ()) -> dict:
     device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +121,10 @@ def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False) -> dict:
     ref = (data.ref_min_score, data.ref_max_score)
     mean_ret = float(data.episode_returns.mean())
     scores["dataset"] = 100 * (mean_ret - ref[0]) / (ref[1] - ref[0]) if None not in ref else mean_ret
+    for beta in betas:
+        scores[f"beta={beta:g}"] = (
+            scores["srpo"] if beta == cfg.extract.beta else extract_at_beta(cfg, data, run_dir, beta, quiet, force)
+        )
     bench = bench_run(cfg, run_dir, repeats=500)
     return {"scores": scores, "walls": walls, "latency": bench}
 
@@ -100,8 +139,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(".bench-data/results.md"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--force", action="store_true", help="retrain every stage, even finished ones")
+    ap.add_argument("--betas", default="", help="comma-separated betas: one more SRPO column each")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    betas = tuple(float(b) for b in args.betas.split(",") if b)
+    beta_cols = [f"beta={b:g}" for b in betas]
     rows = []
     for ds in args.datasets.split(","):
         per_seed = []
@@ -110,7 +152,7 @@ def main(argv=None) -> int:
             cfg = config.resolve(flags, preset=args.preset)
             print(f"== {ds} seed {seed} -> {cfg.resolved_run_dir()}", file=sys.stderr, flush=True)
             try:
-                per_seed.append(run_one(cfg, args.quiet, args.force))
+                per_seed.append(run_one(cfg, args.quiet, args.force, betas))
             except SrpoError as e:
                 print(f"Error: {e}", file=sys.stderr)
                 return e.exit_code
@@ -124,20 +166,24 @@ def main(argv=None) -> int:
         "Wall times: behavior and critic ran side by side (one process each, half the threads) when "
         f"parallel_pretrain is on ({rows[0][1].parallel_pretrain}); the pretraining wall is the larger of the two.",
         "",
-        "| dataset | data avg | SRPO | diffusion | AWR | BC | wall s (behavior / critic / extract / AWR / BC) | "
-        "latency p50 SRPO / diffusion (µs) |",
-        "|---|---|---|---|---|---|---|---|",
+        *(["SRPO at other betas: the preset's extraction from the same behavior model and critic."] if betas else []),
+        "",
+        "| dataset | data avg | SRPO | diffusion | AWR | BC | "
+        + "".join(f"SRPO {c} | " for c in beta_cols)
+        + "wall s (behavior / critic / extract / AWR / BC) | latency p50 SRPO / diffusion (µs) |",
+        "|---|---|---|---|---|---|" + "---|" * len(beta_cols) + "---|---|",
     ]
     for ds, _cfg, per_seed in rows:
         cell = {}
-        for k in ("dataset", *POLICIES):
+        for k in ("dataset", *POLICIES, *beta_cols):
             v = np.array([r["scores"][k] for r in per_seed])
             cell[k] = f"{v.mean():.1f} ± {v.std():.1f}"
         w = {k: np.nanmean([r["walls"].get(k) or np.nan for r in per_seed]) for k in WALLS}
         lat = per_seed[0]["latency"]
         lines.append(
             f"| {ds} | {cell['dataset']} | {cell['srpo']} | {cell['diffusion']} | {cell['awr']} | {cell['bc']} | "
-            f"{' / '.join(f'{w[k]:.0f}' for k in WALLS)} | "
+            + "".join(f"{cell[c]} | " for c in beta_cols)
+            + f"{' / '.join(f'{w[k]:.0f}' for k in WALLS)} | "
             f"{lat['srpo_p50_us']:.1f} / {lat['diffusion_p50_us']:,.0f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from srpo_cli.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +65,39 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     assert runner.main(argv) == 2
     assert runner.main([*argv, "--force"]) == 0
     assert all(p.stat().st_mtime_ns != stamps[p.name] for p in run_dir.glob("*.safetensors"))
+
+
+def test_run_benchmarks_betas_extract_from_the_same_pretraining(default_dataset, tmp_path):
+    """--betas adds one SRPO column per beta, each actor extracted at its beta from the run's own behavior model
+    and critic (hard-linked, not retrained); the preset's beta reuses the main actor."""
+    runner = load_example("run_benchmarks")
+    tiny = {
+        "behavior.steps": 10, "critic.steps": 10, "extract.steps": 10, "baseline.steps": 10,
+        "behavior.batch_size": 32, "critic.batch_size": 32, "extract.batch_size": 32, "baseline.batch_size": 32,
+        "eval.episodes": 2, "eval.num_envs": 2, "eval.candidates": 2, "eval.sampling_steps": 2,
+        "parallel_pretrain": "false", "device": "cpu", "extract.beta": "0.05",
+    }  # fmt: skip
+    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
+    runs = str(tmp_path / "runs" / "{dataset}" / "seed{seed}")
+    out = tmp_path / "results.md"
+    argv = ["--datasets", default_dataset, "--runs", runs, "--out", str(out), "--quiet", "--betas", "0,0.05,3", *sets]
+    assert runner.main(argv) == 0
+    lines = out.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| dataset |"))
+    assert "| SRPO beta=0 | SRPO beta=0.05 | SRPO beta=3 |" in header
+    row = next(line for line in lines if line.startswith(f"| {default_dataset} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 11
+    assert cells[6] != cells[8]  # two actors, not one score copied
+    assert cells[7] == cells[2]  # the preset's beta is the main SRPO column
+    run_dir = next((tmp_path / "runs").glob("*/seed0"))
+    assert not (run_dir / "beta-0.05").exists()
+    for beta in ("0", "3"):
+        sub = run_dir / f"beta-{beta}"
+        assert (sub / "behavior.safetensors").stat().st_ino == (run_dir / "behavior.safetensors").stat().st_ino
+        meta = load_checkpoint(sub / "actor.safetensors").meta
+        assert meta["config"]["extract"]["beta"] == float(beta)
+    assert "extract beta=3" in json.loads((run_dir / "walls.json").read_text())
 
 
 def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
