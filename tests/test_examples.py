@@ -229,3 +229,14 @@ def test_reference_critic_is_copied_into_our_layout(default_dataset, tmp_path):
     assert tool.main(argv) == 2  # never overwrites a critic
     # The preset's learning rate (1e-3 for this dataset) is not the reference's: refused, not run.
     assert tool.main([*argv[:-4], "--run", str(tmp_path / "other")]) == 2
+
+
+def test_bench_speed_times_our_stages_in_bursts(capsys, monkeypatch):
+    """The speed benchmark without a reference: a worker process per implementation, a burst per round."""
+    bench = load_example("bench_speed")
+    monkeypatch.setattr(bench, "STEPS", {**bench.STEPS, "critic": 5, "critic-qv": 5})  # the parent's table only
+    assert bench.main(["--only", "critic fp32", "--rounds", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = out["stages"]["critic fp32"]
+    assert out["rounds"] == 2 and len(row["rounds"]["ours"]) == 2 and not row["rounds"]["reference"]
+    assert all(x > 0 for x in row["rounds"]["ours"]) and "speedup" not in row
