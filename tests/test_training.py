@@ -301,7 +301,7 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
         parent.wait(timeout=30)
         deadline = time.monotonic() + 120
         while any(_alive(p) for p in pids):
-            assert time.monotonic() < deadline, "a training process outlived the pipeline"
+            assert time.monotonic() < deadline, f"a training process outlived the pipeline: {_where(pids)}"
             time.sleep(0.5)
     finally:
         if parent.poll() is None:
@@ -311,6 +311,21 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
                 os.kill(p, signal.SIGKILL)
     for name in ("behavior.safetensors", "critic.safetensors"):
         assert load_checkpoint(run / name).meta["step"] > 0
+
+
+def _where(pids: list[int]) -> str:
+    """What each live process is doing, for a failure message (seen once in 30-odd runs: 2026-11-27)."""
+    out = []
+    for pid in pids:
+        try:
+            d = Path(f"/proc/{pid}")
+            state = next(x for x in (d / "status").read_text().splitlines() if x.startswith("State"))
+            tasks = sorted(d.glob("task/*"))
+            chans = [(t / "wchan").read_text() + ":" + (t / "comm").read_text().strip() for t in tasks]
+            out.append(f"pid {pid} {state}, threads {chans}")
+        except OSError:
+            continue
+    return "; ".join(out)
 
 
 def _logged_rows(path: Path) -> int:
