@@ -59,30 +59,10 @@ def optimizer_step(opt: torch.optim.Optimizer) -> None:
     Adam, the first step, before the state exists, amsgrad, a tensor learning rate, a parameter without a
     gradient, mixed devices or dtypes, complex parameters, gradient scaling) goes through ``opt.step()``.
     """
-    if not isinstance(opt, torch.optim.Adam) or getattr(opt, "grad_scale", None) is not None:
+    calls = _direct_adam_calls(opt)
+    if calls is None:
         opt.step()
         return
-    calls = []
-    for group in opt.param_groups:
-        params = group["params"]
-        if (
-            not group.get("fused")
-            or group["amsgrad"]
-            or group.get("differentiable")
-            or not isinstance(group["lr"], float)
-            or not all(isinstance(b, float) for b in group["betas"])
-        ):
-            opt.step()
-            return
-        states = [opt.state.get(p) for p in params]
-        grads = [p.grad for p in params]
-        if any(not s or "step" not in s for s in states) or any(g is None or g.is_sparse for g in grads):
-            opt.step()
-            return
-        if len({(p.device, p.dtype) for p in params}) != 1 or any(p.is_complex() for p in params):
-            opt.step()
-            return
-        calls.append((group, params, grads, states))
     for group, params, grads, states in calls:
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
@@ -102,6 +82,32 @@ def optimizer_step(opt: torch.optim.Optimizer) -> None:
             eps=group["eps"],
             maximize=group["maximize"],
         )
+
+
+def _direct_adam_calls(opt: torch.optim.Optimizer) -> list[tuple[dict, list, list, list]] | None:
+    """(group, params, grads, states) per param group if ``optimizer_step`` can call the kernel itself, else None."""
+    if not isinstance(opt, torch.optim.Adam) or getattr(opt, "grad_scale", None) is not None:
+        return None
+    calls = []
+    for group in opt.param_groups:
+        params = group["params"]
+        states = [opt.state.get(p) for p in params]
+        grads = [p.grad for p in params]
+        covered = (
+            group.get("fused")
+            and not group["amsgrad"]
+            and not group.get("differentiable")
+            and isinstance(group["lr"], float)
+            and all(isinstance(b, float) for b in group["betas"])
+            and all(s and "step" in s for s in states)
+            and all(g is not None and not g.is_sparse for g in grads)
+            and len({(p.device, p.dtype) for p in params}) == 1
+            and not any(p.is_complex() for p in params)
+        )
+        if not covered:
+            return None
+        calls.append((group, params, grads, states))
+    return calls
 
 
 class CompiledOrEager:
