@@ -57,6 +57,11 @@ def _script_path() -> str:
         return str(here)
 
 
+def _score(res) -> float:
+    """An evaluation's mean as a normalized score (0-100), or its mean return where the data has no reference."""
+    return float(res.normalized(res.returns.mean())) if res.has_ref else float(res.returns.mean())
+
+
 def _link(src: Path, dst: Path) -> None:
     if dst.exists():
         dst.unlink()
@@ -81,8 +86,7 @@ def extract_at_beta(cfg: config.RunConfig, data, run_dir: Path, beta: float, qui
         t0 = time.perf_counter()
         train_actor(cfg_b, data, sub, device, quiet=quiet, resume=plan == "resume")
         _record_wall(run_dir, f"extract beta={beta:g}", time.perf_counter() - t0)
-    res = evaluate_run(cfg_b, sub, "srpo")
-    return float(res.normalized(res.returns.mean())) if res.has_ref else float(res.returns.mean())
+    return _score(evaluate_run(cfg_b, sub, "srpo"))
 
 
 def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tuple[float, ...] = ()) -> dict:
@@ -116,8 +120,7 @@ def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tupl
     walls = json.loads((run_dir / "walls.json").read_text())
     scores = {}
     for pol in POLICIES:
-        res = evaluate_run(cfg, run_dir, pol)
-        scores[pol] = float(res.normalized(res.returns.mean())) if res.has_ref else float(res.returns.mean())
+        scores[pol] = _score(evaluate_run(cfg, run_dir, pol))
     ref = (data.ref_min_score, data.ref_max_score)
     mean_ret = float(data.episode_returns.mean())
     scores["dataset"] = 100 * (mean_ret - ref[0]) / (ref[1] - ref[0]) if None not in ref else mean_ret
