@@ -407,6 +407,43 @@ def test_compiled_critic_and_extraction_train_like_eager(tmp_path, trained, data
     assert not torch.allclose(init.q.layers[0].weight.cpu(), ends[True][0]["q.layers.0.weight"])
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_compiled_extraction_step_reads_the_actors_current_weights(trained, data, device, bf16):
+    """extract.compile compiles the behavior net, the Q term and the actor's backward as one graph with the
+    frozen nets folded in as constants. The actor's weights change every step and must not be folded in:
+    after an in-place change, the compiled gradients match eager ones at the new weights (and they moved)."""
+    from srpo_cli.extract import ExtractStage, actor_grads_from_draws
+
+    run, cfg, _ = trained
+    cfg = tiny_cfg(cfg.dataset, **{"extract.compile": True, "extract.bf16_behavior": bf16})
+    dev = torch.device(device)
+    stage = ExtractStage(cfg, data, dev, run)
+    s = stage.data.observations[:64]
+    g = torch.Generator(device=dev).manual_seed(0)
+    t = torch.rand(64, device=dev, generator=g) * 0.9 + 0.05
+    z = torch.randn(64, data.action_dim, device=dev, generator=g)
+
+    @torch.no_grad()  # as in training: inductor freezes constants only in a graph compiled without grad
+    def both():
+        a, inputs = stage.actor.forward_cached(s)
+        args = (s, a, inputs, t, z)
+        eager = actor_grads_from_draws(
+            stage.actor, stage.behavior, stage.q_target, stage.schedule, cfg.extract, dev.type, *args
+        )
+        return stage.compiled(stage.actor, *args, stage.actor.linear_weights()), eager
+
+    before, _ = both()
+    with torch.no_grad():
+        for p in stage.actor.parameters():
+            p.mul_(1.5)
+    after, eager = both()
+    assert stage.compiled.compiled
+    tol = {"rtol": 2e-2, "atol": 2e-3} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
+    for c_, e_ in zip(after[0], eager[0], strict=True):
+        torch.testing.assert_close(c_, e_, **tol)
+    assert not torch.allclose(after[0][0], before[0][0], rtol=1e-2, atol=1e-3)
+
+
 def test_a_frozen_compile_folds_the_weights_in():
     """extract.compile relies on inductor folding the frozen behavior net's weights in as constants. Were the
     freezing not in force (torch.compile's options={"freezing": True} alone leaves them graph inputs), the

@@ -76,23 +76,31 @@ class ExtractStage(Stage):
         self.optimizers = {"actor": opt}
         if c.lr_schedule == "cosine":
             self.schedulers = {"actor": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps, eta_min=0.0)}
-        # The behavior net never changes here, so inductor may fold its weights in as constants: prepacked
-        # oneDNN matmul weights, no per-step bf16 casts, the residual adds fused into the matmuls.
-        self.eps_net = (
-            CompiledOrEager(self.behavior, "the frozen behavior net", frozen=True) if c.compile else self.behavior
+        # The behavior net and the critic never change here, so inductor may fold their weights in as constants
+        # (prepacked oneDNN matmul weights, no per-step bf16 casts, the residual adds fused into the matmuls);
+        # one graph from the behavior net's input to the actor's gradients, the actor's weights as inputs.
+        self.compiled = (
+            CompiledOrEager(
+                _FrozenNets(self.behavior, self.q_target, self.schedule, c, device.type),
+                "the extraction step",
+                frozen=True,
+            )
+            if c.compile
+            else None
         )
 
     def step(self) -> dict[str, torch.Tensor]:
         idx = self.sampler.next()
         grads, loss, score_term, q_value = srpo_actor_grads(
             self.actor,
-            self.data.observations[idx],
-            self.eps_net,
+            self.data.observations.index_select(0, idx),
+            self.behavior,
             self.q_target,
             self.schedule,
             self.cfg.extract,
             self.generator,
             self.device.type,
+            self.compiled,
         )
         for p, g in zip(self.actor.parameters(), grads, strict=True):
             p.grad = g
@@ -144,18 +152,44 @@ def srpo_actor_grads(
     c: ExtractConfig,
     generator: torch.Generator,
     device_type: str = "cpu",
+    compiled: Callable[..., tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """``srpo_actor_loss``'s actor gradients by the networks' hand-written backward, with the same random draws.
 
     At the paper's batch of 256 the actor and the twin Q are small matmuls, where autograd's graph
     bookkeeping, its generic backward and its allocations cost about as much as the arithmetic on a CPU.
     Returns (parameter gradients in ``actor.parameters()`` order, loss, score term, mean Q of the actor's
-    actions); a test checks the gradients against autograd on ``srpo_actor_loss``.
+    actions); a test checks the gradients against autograd on ``srpo_actor_loss``. ``compiled``: a compiled
+    ``actor_grads_from_draws`` for this actor, behavior net, critic and config (``extract.compile``).
     """
     a, a_inputs = actor.forward_cached(s)
     b = s.shape[0]
     t = torch.rand(b, device=s.device, generator=generator) * (c.t_max - c.t_min) + c.t_min
     z = torch.randn(a.shape, device=s.device, generator=generator)
+    if compiled is not None:
+        return compiled(actor, s, a, a_inputs, t, z, actor.linear_weights())
+    return actor_grads_from_draws(actor, eps_net, q_net, schedule, c, device_type, s, a, a_inputs, t, z)
+
+
+@torch.no_grad()
+def actor_grads_from_draws(
+    actor: TanhActor,
+    eps_net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    q_net: EnsembleQ,
+    schedule: VPSchedule,
+    c: ExtractConfig,
+    device_type: str,
+    s: torch.Tensor,
+    a: torch.Tensor,
+    a_inputs: list[torch.Tensor],
+    t: torch.Tensor,
+    z: torch.Tensor,
+    actor_weights: list[torch.Tensor] | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``srpo_actor_grads`` once the actor has acted and t, z are drawn: the behavior net's eps, the Q term and
+    the actor's backward. Separate so that ``extract.compile`` can compile it as one graph with the frozen
+    behavior net and critic folded in as constants; the random draws stay outside, in eager. The actor's
+    weights must then come in as ``actor_weights`` (plain tensors), or they would be folded in too."""
     alpha_t, sigma_t = schedule.alpha_sigma(t)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.bf16_behavior):
         eps = eps_net(alpha_t[:, None] * a + sigma_t[:, None] * z, s, t).float()
@@ -176,8 +210,26 @@ def srpo_actor_grads(
     score_term = (we * a).sum(-1).mean()
     # both forms (spec and through-Q) give d loss / d a = (w e - beta g) / B
     loss = score_term - c.beta * ((g * a).sum(-1).mean() if c.normalize_q_grad else q.mean())
-    grads = actor.backward_cached((we - c.beta * g).div_(b), a, a_inputs)
+    grads = actor.backward_cached((we - c.beta * g).div_(s.shape[0]), a, a_inputs, actor_weights)
     return grads, loss, score_term, q.mean()
+
+
+class _FrozenNets(torch.nn.Module):
+    """``actor_grads_from_draws`` with the behavior net and critic as submodules: compiled with ``frozen=True``,
+    inductor folds a module's own weights in as constants, while the actor and its weights come in as call
+    arguments and stay graph inputs (a test checks that changing them changes the result)."""
+
+    def __init__(
+        self, behavior: torch.nn.Module, q_net: EnsembleQ, schedule: VPSchedule, c: ExtractConfig, device_type: str
+    ):
+        super().__init__()
+        self.behavior, self.q_net = behavior, q_net
+        self.schedule, self.c, self.device_type = schedule, c, device_type
+
+    def forward(
+        self, actor: TanhActor, *args: Any
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        return actor_grads_from_draws(actor, self.behavior, self.q_net, self.schedule, self.c, self.device_type, *args)
 
 
 def train_actor(

@@ -60,15 +60,22 @@ def mlp_forward_cached(linears: tuple[nn.Linear, ...], x: torch.Tensor) -> tuple
 
 
 def mlp_backward_cached(
-    linears: tuple[nn.Linear, ...], g: torch.Tensor, inputs: list[torch.Tensor]
+    linears: tuple[nn.Linear, ...],
+    g: torch.Tensor,
+    inputs: list[torch.Tensor],
+    weights: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """d loss / d parameters (bias and weight of each Linear, in ``parameters()`` order) from d loss / d output
-    [B, out]. The input of Linear i > 0 is the ReLU output of Linear i - 1, so it is also that ReLU's mask."""
+    [B, out]. The input of Linear i > 0 is the ReLU output of Linear i - 1, so it is also that ReLU's mask.
+    ``weights``: the Linears' weights passed as tensors instead of read from the modules (see
+    ``TanhActor.backward_cached``)."""
+    if weights is None:
+        weights = [lin.weight for lin in linears]
     grads: list[torch.Tensor] = []
     for i in range(len(linears) - 1, -1, -1):
         grads += [g.sum(0), _weight_grad(g, inputs[i])]  # bias, weight
         if i > 0:
-            g = _relu_backward(_input_grad(g, linears[i].weight), inputs[i], 0)
+            g = _relu_backward(_input_grad(g, weights[i]), inputs[i], 0)
     return grads[::-1]
 
 
@@ -221,10 +228,22 @@ class TanhActor(nn.Module):
         return pre.tanh_(), inputs
 
     @torch.no_grad()
-    def backward_cached(self, grad_a: torch.Tensor, a: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """d loss / d parameters, in ``parameters()`` order, from d loss / d pi(s) and pi(s) itself."""
+    def backward_cached(
+        self,
+        grad_a: torch.Tensor,
+        a: torch.Tensor,
+        inputs: list[torch.Tensor],
+        weights: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """d loss / d parameters, in ``parameters()`` order, from d loss / d pi(s) and pi(s) itself.
+        ``weights``: the Linears' weights as plain tensors (``linear_weights``), for a graph compiled with
+        frozen constants, where weights read from a module would be folded in and go stale as the actor trains."""
         # d tanh(x) / dx = 1 - tanh(x)^2
-        return mlp_backward_cached(self._linears, grad_a * (1.0 - a * a), inputs)
+        return mlp_backward_cached(self._linears, grad_a * (1.0 - a * a), inputs, weights)
+
+    def linear_weights(self) -> list[torch.Tensor]:
+        """Each Linear's weight, detached: the same storage (Adam's in-place updates show), not a Parameter."""
+        return [lin.weight.detach() for lin in self._linears]
 
 
 @torch.no_grad()
