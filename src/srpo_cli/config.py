@@ -115,7 +115,11 @@ class ExtractConfig:
     q_reduce: str = _f("mean", "combine the twin target Qs for the gradient: mean (reference) or min", ("mean", "min"))
     normalize_q_grad: bool = _f(False, "divide the Q gradient by its per-sample RMS (antmaze)")
     bf16_behavior: bool = _f(False, "bf16 autocast on the frozen behavior net's forward pass")
-    compile: bool = _f(False, "torch.compile the frozen behavior net, its weights folded in as constants")
+    compile: bool = _f(
+        False,
+        "torch.compile the step from the behavior net to the actor's gradients as one graph, the frozen behavior "
+        "net's and critic's weights folded in as constants",
+    )
     eval_every: int = _f(0, "evaluate the actor every N steps (0: never) and log the score")
     eval_episodes: int = _f(5, "episodes per intermediate evaluation")
     log_every: int = _f(500, "steps between metric rows / progress updates")
