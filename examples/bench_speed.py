@@ -136,6 +136,8 @@ def load_reference(path: Path, device: torch.device, tmp: Path):
                                   capture_output=True, text=True).stdout  # fmt: skip
         (dst / name).write_text(text.replace('"cuda"', f'"{device.type}"'))
     sys.path.insert(0, str(dst))
+    for name in ("SRPO", "model"):  # a copy imported earlier in this process (from another tmp) is stale
+        sys.modules.pop(name, None)
     return importlib.import_module("SRPO")
 
 

@@ -240,3 +240,129 @@ def test_bench_speed_times_our_stages_in_bursts(capsys, monkeypatch):
     row = out["stages"]["critic fp32"]
     assert out["rounds"] == 2 and len(row["rounds"]["ours"]) == 2 and not row["rounds"]["reference"]
     assert all(x > 0 for x in row["rounds"]["ours"]) and "speedup" not in row
+
+
+# The authors' behavior net, actor and SRPO classes, in their layout (ScoreNet_IDQL: Fourier "embed", "cond_model",
+# "main" with an unused "residual" Linear per block; Dirac_Policy: an MLP with a final Tanh), computing what the
+# spec's nets compute; each update moves every trained weight, so a copy that misses one computes other values.
+FAKE_SRPO = (
+    FAKE_REFERENCE
+    + """
+import math
+
+
+def nudge(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_norm, self.residual = nn.LayerNorm(256), nn.Linear(256, 256)
+        self.fc1, self.fc2 = nn.Linear(256, 1024), nn.Linear(1024, 256)
+
+    def forward(self, x):
+        return x + self.fc2(nn.functional.mish(self.fc1(self.layer_norm(x))))
+
+
+class Main(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.fc, self.out_fc = nn.Linear(i + 128, 256), nn.Linear(256, o)
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+
+    def forward(self, x):
+        x = self.fc(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out_fc(nn.functional.mish(x))
+
+
+class Fourier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(32) * 30.0, requires_grad=False)
+
+    def forward(self, t):
+        p = t[..., None] * self.W[None, :] * 2 * math.pi
+        return torch.cat([torch.sin(p), torch.cos(p)], dim=-1)
+
+
+class ScoreNet_IDQL(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.embed = nn.Sequential(Fourier())
+        self.cond_model = nn.Sequential(nn.Linear(64, 128), nn.Mish(), nn.Linear(128, 128))
+        self.main = Main(i, o)
+
+    def forward(self, x, t, condition):
+        return self.main(torch.cat([x, condition, self.cond_model(self.embed(t))], dim=-1))
+
+
+class Dirac_Policy(nn.Module):
+    def __init__(self, adim, sdim):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(sdim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                                 nn.Linear(256, adim), nn.Tanh())
+
+    def forward(self, s):
+        return self.net(s)
+
+
+class SRPO_Behavior(nn.Module):
+    def __init__(self, input_dim, output_dim, marginal_prob_std, args):
+        super().__init__()
+        self.diffusion_behavior = ScoreNet_IDQL(input_dim, output_dim)
+
+    def update_behavior(self, data):
+        nudge(self.diffusion_behavior)
+        self.loss = data["a"].pow(2).sum(-1).mean()
+
+
+class SRPO(nn.Module):
+    def __init__(self, input_dim, output_dim, marginal_prob_std, args):
+        super().__init__()
+        assert args.WT in ("VDS", "VDS noise") and args.n_policy_epochs > 0
+        self.diffusion_behavior = ScoreNet_IDQL(input_dim, output_dim)
+        self.SRPO_policy = Dirac_Policy(output_dim, input_dim - output_dim)
+        self.q = [IQL_Critic(output_dim, input_dim - output_dim, args)]
+
+    def update_SRPO_policy(self, data):
+        nudge(self.SRPO_policy)
+        a = self.SRPO_policy(data["s"])
+        self.SRPO_policy.q = torch.min(*self.q[0].q0_target.both(a, data["s"])).mean()
+"""
+)
+
+
+def test_reference_behavior_and_extraction_are_copied_into_our_layout(default_dataset, tmp_path):
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    (ref / "SRPO.py").write_text(FAKE_SRPO)
+    (ref / "model.py").write_text("")
+    run = tmp_path / "run"
+    common = ["--reference", str(ref), "--dataset", default_dataset, "--run", str(run), "--log-every", "1"]
+    lrs = ["--set", "critic.q_lr=0.0003", "--set", "critic.v_lr=0.0003"]
+    assert load_example("reference_critic").main([*common, "--steps", "2", *lrs]) == 0
+    tool = load_example("reference_srpo")
+    # main itself refuses to save a copy that computes other eps, Q or actions than the reference's
+    assert tool.main(["behavior", *common, "--set", "behavior.steps=3"]) == 0
+    assert len((run / "reference_behavior.csv").read_text().splitlines()) == 4
+    assert tool.main(["extract", *common, "--set", "extract.steps=2", "--set", "extract.noise_baseline=true"]) == 0
+    assert len((run / "reference_extract.csv").read_text().splitlines()) == 3
+    from srpo_cli.policies import load_behavior
+
+    device = torch.device("cpu")
+    net, _, ckpt = load_behavior(run / "behavior.safetensors", device)
+    assert ckpt.meta["step"] == 3 and not ckpt.config["behavior"]["bf16"]
+    actor = load_checkpoint(run / "actor.safetensors", "actor")
+    assert actor.meta["step"] == 2 and set(actor.meta["parents"]) == {"behavior.safetensors", "critic.safetensors"}
+    for what in ("behavior", "extract"):  # never overwrites
+        assert tool.main([what, *common, "--set", f"{what}.steps=1"]) == 2
+    # A behavior net the reference cannot express is refused before anything runs.
+    other = ["--run", str(tmp_path / "other"), "--set", "behavior.hidden_dim=128"]
+    assert tool.main(["behavior", *common, *other]) == 2
+    assert not (tmp_path / "other" / "behavior.safetensors").exists()
