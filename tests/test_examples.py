@@ -339,6 +339,14 @@ class SRPO(nn.Module):
 
 
 def test_reference_behavior_and_extraction_are_copied_into_our_layout(default_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    def tool(name: str, *argv: str) -> int:
+        # its own process: the tools set torch's thread count and build the fused Mish kernels for the process,
+        # which the tests after this one must not inherit
+        return subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), *argv]).returncode
+
     ref = tmp_path / "reference"
     ref.mkdir()
     (ref / "SRPO.py").write_text(FAKE_SRPO)
@@ -346,23 +354,22 @@ def test_reference_behavior_and_extraction_are_copied_into_our_layout(default_da
     run = tmp_path / "run"
     common = ["--reference", str(ref), "--dataset", default_dataset, "--run", str(run), "--log-every", "1"]
     lrs = ["--set", "critic.q_lr=0.0003", "--set", "critic.v_lr=0.0003"]
-    assert load_example("reference_critic").main([*common, "--steps", "2", *lrs]) == 0
-    tool = load_example("reference_srpo")
+    assert tool("reference_critic", *common, "--steps", "2", *lrs) == 0
     # main itself refuses to save a copy that computes other eps, Q or actions than the reference's
-    assert tool.main(["behavior", *common, "--set", "behavior.steps=3"]) == 0
+    assert tool("reference_srpo", "behavior", *common, "--set", "behavior.steps=3") == 0
     assert len((run / "reference_behavior.csv").read_text().splitlines()) == 4
-    assert tool.main(["extract", *common, "--set", "extract.steps=2", "--set", "extract.noise_baseline=true"]) == 0
+    extract = ["--set", "extract.steps=2", "--set", "extract.noise_baseline=true"]
+    assert tool("reference_srpo", "extract", *common, *extract) == 0
     assert len((run / "reference_extract.csv").read_text().splitlines()) == 3
     from srpo_cli.policies import load_behavior
 
-    device = torch.device("cpu")
-    net, _, ckpt = load_behavior(run / "behavior.safetensors", device)
+    net, _, ckpt = load_behavior(run / "behavior.safetensors", torch.device("cpu"))
     assert ckpt.meta["step"] == 3 and not ckpt.config["behavior"]["bf16"]
     actor = load_checkpoint(run / "actor.safetensors", "actor")
     assert actor.meta["step"] == 2 and set(actor.meta["parents"]) == {"behavior.safetensors", "critic.safetensors"}
     for what in ("behavior", "extract"):  # never overwrites
-        assert tool.main([what, *common, "--set", f"{what}.steps=1"]) == 2
+        assert tool("reference_srpo", what, *common, "--set", f"{what}.steps=1") == 2
     # A behavior net the reference cannot express is refused before anything runs.
     other = ["--run", str(tmp_path / "other"), "--set", "behavior.hidden_dim=128"]
-    assert tool.main(["behavior", *common, *other]) == 2
+    assert tool("reference_srpo", "behavior", *common, *other) == 2
     assert not (tmp_path / "other" / "behavior.safetensors").exists()
