@@ -227,6 +227,32 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path, data, default_dataset):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after training
 
 
+def test_sigterm_stops_training_even_where_its_interrupt_is_swallowed(tmp_path, data, default_dataset):
+    """The handler's KeyboardInterrupt is raised in whatever Python code runs when the signal lands; code that
+    swallows it (a __del__, a callback whose errors are only printed) must not leave the stage training on with
+    SIGTERM ignored (how a pipeline worker once outlived its parent by minutes)."""
+    import os
+    import signal
+
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+
+    def term_swallowed_at_5(n, real_step):
+        if n == 5:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler here, in this try
+            except KeyboardInterrupt:
+                pass
+        return real_step()
+
+    _wrap_step(stage, term_swallowed_at_5)
+    path = tmp_path / "critic.safetensors"
+    with pytest.raises(Interrupted):
+        fit(stage, cfg.critic.steps, path, quiet=True)
+    assert load_checkpoint(path).meta["step"] in (5, 6)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, default_dataset):
     """The pipeline's CPU mode (behavior and critic in two processes, one thread each) must train exactly what
     the stages train one after the other with one thread."""

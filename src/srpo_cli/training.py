@@ -419,6 +419,8 @@ def fit(
         with progress:
             task = progress.add_task(stage.name, total=total_steps, completed=start, rate="-", losses="")
             while step < end:
+                if _SIGTERM["received"]:
+                    raise KeyboardInterrupt
                 pending.append(stage.step())
                 step += 1
                 if step == speed_probe[0]:
@@ -467,6 +469,9 @@ def fit(
     }
 
 
+_SIGTERM = {"received": False}  # set by the handler of ``_raise_on_sigterm``; read by ``fit`` every step
+
+
 def _raise_on_sigterm():
     """Treat SIGTERM (a scheduler's preemption, ``kill``) like Ctrl-C: checkpoint, then exit."""
     import signal
@@ -475,10 +480,16 @@ def _raise_on_sigterm():
     if threading.current_thread() is not threading.main_thread():
         return None
 
+    _SIGTERM["received"] = False
+
     def handler(signum, frame):
         # One is enough: a second SIGTERM during the checkpoint would interrupt the write itself (an orphaned
         # pipeline worker receives two). ``fit`` restores the previous handler when it ends.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The raise lands in whatever Python code runs at that moment; where that code swallows it (a __del__,
+        # a callback whose errors are only printed), the flag stops the loop at the next step instead of
+        # training on with SIGTERM ignored.
+        _SIGTERM["received"] = True
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
