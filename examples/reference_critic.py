@@ -55,32 +55,42 @@ def copy_reference_weights(stage: CriticStage, iql, action_dim: int) -> None:
             dst.bias.copy_(src.bias)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(ap: argparse.ArgumentParser, run_help: str) -> None:
+    """The options every reference tool in examples/ takes."""
     ap.add_argument("--reference", type=Path, required=True, help="checkout (or bare git dir) of thu-ml/SRPO")
     ap.add_argument("--dataset", required=True)
-    ap.add_argument("--run", type=Path, required=True, help="output folder (must not hold a critic already)")
-    ap.add_argument(
-        "--preset", help="preset whose critic settings (reward mode, expectile) apply; default: the dataset's"
-    )
+    ap.add_argument("--run", type=Path, required=True, help=run_help)
+    ap.add_argument("--preset", help="preset whose budget and choices apply; default: the dataset's")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as srpo's --set")
-    ap.add_argument("--steps", type=int, default=150_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=5000)
-    args = ap.parse_args(argv)
 
-    out = args.run / FILE_NAME
+
+def prepare_run(args: argparse.Namespace, out: Path) -> tuple[config.RunConfig, torch.device] | None:
+    """The resolved config and device, or None (after saying why) where ``out`` exists: never overwrite."""
     if out.exists():
         print(f"{out} exists; choose another --run folder.", file=sys.stderr)
-        return 2
+        return None
     args.run.mkdir(parents=True, exist_ok=True)
     set_threads(args.threads)
-    device = torch.device("cpu")
     preset = args.preset or config.preset_for_dataset(args.dataset)
     cfg = config.resolve(
         flags={**config.parse_set(args.set), "dataset": args.dataset, "seed": args.seed}, preset=preset
     )
+    return cfg, torch.device("cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap, run_help="output folder (must not hold a critic already)")
+    ap.add_argument("--steps", type=int, default=150_000)
+    args = ap.parse_args(argv)
+    out = args.run / FILE_NAME
+    setup = prepare_run(args, out)
+    if setup is None:
+        return 2
+    cfg, device = setup
     c = cfg.critic
     if c.normalize_observations or c.n_layers != 2 or c.hidden_dim != 256 or c.batch_size != 256:
         print("The reference critic has fixed 2x256 networks, raw states and batch 256.", file=sys.stderr)

@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import load_reference  # noqa: E402
+from reference_critic import add_common_arguments, prepare_run  # noqa: E402
 
-from srpo_cli import config  # noqa: E402
 from srpo_cli.behavior import FILE_NAME as BEHAVIOR_FILE  # noqa: E402
 from srpo_cli.behavior import BehaviorStage  # noqa: E402
 from srpo_cli.critic import FILE_NAME as CRITIC_FILE  # noqa: E402
@@ -47,7 +47,6 @@ from srpo_cli.data import BatchSampler, load_transitions  # noqa: E402
 from srpo_cli.extract import FILE_NAME as ACTOR_FILE  # noqa: E402
 from srpo_cli.extract import ExtractStage  # noqa: E402
 from srpo_cli.policies import load_behavior, load_critic  # noqa: E402
-from srpo_cli.training import set_threads  # noqa: E402
 
 
 def linears(seq: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -167,12 +166,7 @@ def train_reference_behavior(args, cfg, data, ref, device) -> int:
     stage = BehaviorStage(cfg, data, device)
     copy_behavior(stage.net, model.diffusion_behavior, to_reference=False)
     err = behavior_error(stage.net, model.diffusion_behavior, data.observations[:1024], data.action_dim)
-    if err > 1e-4:
-        print(f"The copied behavior model differs from the reference's by {err:.3g}; not saved.", file=sys.stderr)
-        return 1
-    stage.save(out, b.steps)
-    print(out)
-    return 0
+    return save_checked(stage, out, b.steps, "behavior model", err, 1e-4)
 
 
 def run_reference_extraction(args, cfg, data, ref, device) -> int:
@@ -213,10 +207,15 @@ def run_reference_extraction(args, cfg, data, ref, device) -> int:
             dst.bias.copy_(src.bias)
         s = data.observations[:1024]
         err = (stage.actor(s) - model.SRPO_policy(s)).abs().max().item()
-    if err > 1e-5:
-        print(f"The copied actor differs from the reference's by {err:.3g}; not saved.", file=sys.stderr)
+    return save_checked(stage, out, e.steps, "actor", err, 1e-5)
+
+
+def save_checked(stage, out: Path, step: int, what: str, err: float, tol: float) -> int:
+    """Save the copy only if it computes what the reference computes: a probe of anything else is void."""
+    if err > tol:
+        print(f"The copied {what} differs from the reference's by {err:.3g}; not saved.", file=sys.stderr)
         return 1
-    stage.save(out, e.steps)
+    stage.save(out, step)
     print(out)
     return 0
 
@@ -234,27 +233,12 @@ def ref_schedule(beta_0: float, beta_1: float):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("behavior", "extract"))
-    ap.add_argument("--reference", type=Path, required=True, help="checkout (or bare git dir) of thu-ml/SRPO")
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--run", type=Path, required=True, help="run folder: extract reads its behavior and critic")
-    ap.add_argument("--preset", help="preset whose budget and choices apply; default: the dataset's")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as srpo's --set")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--log-every", type=int, default=5000)
+    add_common_arguments(ap, run_help="run folder: extract reads its behavior and critic")
     args = ap.parse_args(argv)
-
-    out = args.run / (BEHAVIOR_FILE if args.what == "behavior" else ACTOR_FILE)
-    if out.exists():
-        print(f"{out} exists; choose another --run folder.", file=sys.stderr)
+    setup = prepare_run(args, args.run / (BEHAVIOR_FILE if args.what == "behavior" else ACTOR_FILE))
+    if setup is None:
         return 2
-    args.run.mkdir(parents=True, exist_ok=True)
-    set_threads(args.threads)
-    device = torch.device("cpu")
-    preset = args.preset or config.preset_for_dataset(args.dataset)
-    cfg = config.resolve(
-        flags={**config.parse_set(args.set), "dataset": args.dataset, "seed": args.seed}, preset=preset
-    )
+    cfg, device = setup
     problem = check_behavior_config(cfg) if args.what == "behavior" else check_extract_config(cfg)
     if problem:
         print(f"Cannot run the reference: {problem}.", file=sys.stderr)
