@@ -498,6 +498,7 @@ def _raise_on_sigterm():
 def _restore_sigterm(previous) -> None:
     import signal
 
+    _SIGTERM["received"] = False  # the flag belongs to one fit: a later one, in any thread, starts clean
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
