@@ -141,11 +141,18 @@ def load_reference(path: Path, device: torch.device, tmp: Path):
     return importlib.import_module("SRPO")
 
 
-def reference_stages(ref, device: torch.device):
-    def marginal_prob_std(t, beta_1=20.0, beta_0=0.1):
+def reference_schedule(beta_0: float = 0.1, beta_1: float = 20.0):
+    """The reference's marginal_prob_std (utils.py), which its training scripts pass in: (alpha_t, sigma_t)."""
+
+    def marginal_prob_std(t: torch.Tensor):
         log_mean_coeff = -0.25 * t**2 * (beta_1 - beta_0) - 0.5 * t * beta_0
         return torch.exp(log_mean_coeff), torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
 
+    return marginal_prob_std
+
+
+def reference_stages(ref, device: torch.device):
+    marginal_prob_std = reference_schedule()
     args = SimpleNamespace(device=device.type, actor_blocks=3, policy_layer=2, q_layer=2, n_policy_epochs=100,
                            WT="VDS", beta=0.05, regq=0, env="hopper-medium-v2")  # fmt: skip
     torch.manual_seed(0)

@@ -55,6 +55,26 @@ def copy_reference_weights(stage: CriticStage, iql, action_dim: int) -> None:
             dst.bias.copy_(src.bias)
 
 
+class Log:
+    """A reference tool's progress: one CSV row (step, values, steps/s since the last row) and one stderr line."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.file = open(path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["step", *columns, "steps_per_s"])
+        self.columns = columns
+        self.t0, self.last = time.perf_counter(), 0
+
+    def write(self, step: int, values: list[float]) -> None:
+        now = time.perf_counter()
+        rate = (step - self.last) / (now - self.t0)
+        self.t0, self.last = now, step
+        self.writer.writerow([step, *values, round(rate, 1)])
+        self.file.flush()
+        text = " ".join(f"{c} {v:.4f}" for c, v in zip(self.columns, values, strict=True))
+        print(f"step {step}: {text} ({rate:.1f} steps/s)", file=sys.stderr)
+
+
 def add_common_arguments(ap: argparse.ArgumentParser, run_help: str) -> None:
     """The options every reference tool in examples/ takes."""
     ap.add_argument("--reference", type=Path, required=True, help="checkout (or bare git dir) of thu-ml/SRPO")
@@ -114,24 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     terminals = data.terminals.reshape(-1, 1)
     gen = torch.Generator().manual_seed(args.seed)
     sampler = BatchSampler(data.size, c.batch_size, gen, "epoch")
-    with open(args.run / "reference_critic.csv", "w", newline="") as log:
-        writer = csv.writer(log)
-        writer.writerow(["step", "q_loss", "v_loss", "q_mean", "steps_per_s"])
-        t0, last = time.perf_counter(), 0
-        for step in range(1, args.steps + 1):
-            idx = sampler.next()
-            batch = {"s": data.observations[idx], "a": data.actions[idx], "r": rewards[idx],
-                     "s_": data.next_observations[idx], "d": terminals[idx]}  # fmt: skip
-            iql.update_q0(batch)
-            if step % args.log_every == 0 or step == args.steps:
-                now = time.perf_counter()
-                rate = (step - last) / (now - t0)
-                t0, last = now, step
-                row = [step, iql.q_loss.item(), iql.v_loss.item(), iql.q.item(), round(rate, 1)]
-                writer.writerow(row)
-                log.flush()
-                print(f"step {step}: q_loss {row[1]:.4f} v_loss {row[2]:.4f} Q {row[3]:.2f} ({rate:.1f} steps/s)",
-                      file=sys.stderr)  # fmt: skip
+    log = Log(args.run / "reference_critic.csv", ["q_loss", "v_loss", "q_mean"])
+    for step in range(1, args.steps + 1):
+        idx = sampler.next()
+        batch = {"s": data.observations[idx], "a": data.actions[idx], "r": rewards[idx],
+                 "s_": data.next_observations[idx], "d": terminals[idx]}  # fmt: skip
+        iql.update_q0(batch)
+        if step % args.log_every == 0 or step == args.steps:
+            log.write(step, [iql.q_loss.item(), iql.v_loss.item(), iql.q.item()])
     copy_reference_weights(stage, iql, data.action_dim)
     with torch.no_grad():  # the copy must compute what the reference computes, or every probe of it is void
         s, a = data.observations[:1024], data.actions[:1024]

@@ -27,18 +27,16 @@ reference computes. The files are for evaluation and probes, not for --resume. L
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import load_reference  # noqa: E402
-from reference_critic import add_common_arguments, prepare_run  # noqa: E402
+from bench_speed import load_reference, reference_schedule  # noqa: E402
+from reference_critic import Log, add_common_arguments, prepare_run  # noqa: E402
 
 from srpo_cli.behavior import FILE_NAME as BEHAVIOR_FILE  # noqa: E402
 from srpo_cli.behavior import BehaviorStage  # noqa: E402
@@ -101,26 +99,6 @@ def copy_critic_to_reference(q_target, v, iql, action_dim: int) -> None:
             dst.bias.copy_(src.bias)
 
 
-class Log:
-    def __init__(self, path: Path, columns: list[str], every: int):
-        self.file = open(path, "w", newline="")
-        self.writer = csv.writer(self.file)
-        self.writer.writerow([*columns, "steps_per_s"])
-        self.columns, self.every = columns, every
-        self.t0, self.last = time.perf_counter(), 0
-
-    def maybe(self, step: int, total: int, values: list[float]) -> None:
-        if step % self.every and step != total:
-            return
-        now = time.perf_counter()
-        rate = (step - self.last) / (now - self.t0)
-        self.t0, self.last = now, step
-        self.writer.writerow([step, *values, round(rate, 1)])
-        self.file.flush()
-        text = " ".join(f"{c} {v:.4f}" for c, v in zip(self.columns[1:], values, strict=True))
-        print(f"step {step}: {text} ({rate:.1f} steps/s)", file=sys.stderr)
-
-
 def reference_args(cfg, env_name: str, device: torch.device) -> SimpleNamespace:
     e = cfg.extract
     wt = {"sigma2": "VDS", "one": "stable", "alpha_over_sigma": "score"}[e.weighting]
@@ -148,19 +126,19 @@ def check_extract_config(cfg) -> str | None:
 def train_reference_behavior(args, cfg, data, ref, device) -> int:
     out = args.run / BEHAVIOR_FILE
     b = cfg.behavior
-    schedule = ref_schedule(b.beta_0, b.beta_1)
+    schedule = reference_schedule(b.beta_0, b.beta_1)
     ns = reference_args(cfg, "locomotion", device)
     model = ref.SRPO_Behavior(data.obs_dim + data.action_dim, data.action_dim, schedule, args=ns).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     sampler = BatchSampler(data.size, b.batch_size, gen, "epoch")
-    log = Log(args.run / "reference_behavior.csv", ["step", "loss"], args.log_every)
+    log = Log(args.run / "reference_behavior.csv", ["loss"])
     window: list[torch.Tensor] = []
     for step in range(1, b.steps + 1):
         idx = sampler.next()
         model.update_behavior({"s": data.observations[idx], "a": data.actions[idx]})
         window.append(model.loss.detach())
         if step % args.log_every == 0 or step == b.steps:
-            log.maybe(step, b.steps, [torch.stack(window).mean().item()])
+            log.write(step, [torch.stack(window).mean().item()])
             window.clear()
     cfg.behavior.bf16 = False  # what the reference trained with; recorded in the checkpoint's config
     stage = BehaviorStage(cfg, data, device)
@@ -172,15 +150,15 @@ def train_reference_behavior(args, cfg, data, ref, device) -> int:
 def run_reference_extraction(args, cfg, data, ref, device) -> int:
     out = args.run / ACTOR_FILE
     e = cfg.extract
-    ours_b, sched, b_ckpt = load_behavior(args.run / BEHAVIOR_FILE, device)
+    ours_b, _, b_ckpt = load_behavior(args.run / BEHAVIOR_FILE, device)
     bc = b_ckpt.config["behavior"]
-    _, q_target, v, c_ckpt = load_critic(args.run / CRITIC_FILE, device)
+    _, q_target, v, _ = load_critic(args.run / CRITIC_FILE, device)
     if q_target.obs_norm is not None:
         print("The reference's critic reads raw states; this critic normalizes them.", file=sys.stderr)
         return 2
     ns = reference_args(cfg, "locomotion", device)
     ns.actor_blocks = bc["n_blocks"]
-    schedule = ref_schedule(bc["beta_0"], bc["beta_1"])
+    schedule = reference_schedule(bc["beta_0"], bc["beta_1"])
     torch.manual_seed(args.seed)
     model = ref.SRPO(data.obs_dim + data.action_dim, data.action_dim, schedule, args=ns).to(device)
     copy_behavior(model.diffusion_behavior, ours_b, to_reference=True)
@@ -195,11 +173,11 @@ def run_reference_extraction(args, cfg, data, ref, device) -> int:
         return 1
     gen = torch.Generator().manual_seed(args.seed)
     sampler = BatchSampler(data.size, e.batch_size, gen, "epoch")
-    log = Log(args.run / "reference_extract.csv", ["step", "q_mean"], args.log_every)
+    log = Log(args.run / "reference_extract.csv", ["q_mean"])
     for step in range(1, e.steps + 1):
         model.update_SRPO_policy({"s": data.observations[sampler.next()]})
         if step % args.log_every == 0 or step == e.steps:
-            log.maybe(step, e.steps, [model.SRPO_policy.q.item()])
+            log.write(step, [model.SRPO_policy.q.item()])
     stage = ExtractStage(cfg, data, device, args.run)
     with torch.no_grad():
         for dst, src in zip(linears(stage.actor.net), linears(model.SRPO_policy.net), strict=True):
@@ -218,16 +196,6 @@ def save_checked(stage, out: Path, step: int, what: str, err: float, tol: float)
     stage.save(out, step)
     print(out)
     return 0
-
-
-def ref_schedule(beta_0: float, beta_1: float):
-    """The reference's marginal_prob_std (utils.py), which its training scripts pass in: (alpha_t, sigma_t)."""
-
-    def marginal_prob_std(t: torch.Tensor):
-        log_mean_coeff = -0.25 * t**2 * (beta_1 - beta_0) - 0.5 * t * beta_0
-        return torch.exp(log_mean_coeff), torch.sqrt(1.0 - torch.exp(2.0 * log_mean_coeff))
-
-    return marginal_prob_std
 
 
 def main(argv: list[str] | None = None) -> int:
