@@ -29,7 +29,9 @@ WORKERS=${WORKERS:-4}
 extra=()
 if $PY -c "import xdist" 2>/dev/null; then extra+=(-n "$WORKERS"); else WORKERS=1; fi
 $PY -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 280)
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / WORKERS ))} timeout "${TEST_TIMEOUT:-300}" \
+# SIGINT at the limit, not SIGTERM: pytest then still prints the failures it has seen (2026-11-27's runs,
+# cut by SIGTERM, came back with counts but no messages).
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / WORKERS ))} timeout -s INT -k 30 "${TEST_TIMEOUT:-300}" \
     $PY -m pytest tests --device cuda "${extra[@]}" -p no:cacheprovider -q -rfE --durations 10 \
     > "$OUT/tests.log" 2>&1
 echo "tests rc=$? in $((SECONDS - start)) s"
