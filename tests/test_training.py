@@ -100,6 +100,37 @@ def test_checkpoints_from_the_training_device_load_and_resume_on_the_cpu(tmp_pat
     assert out["start_step"] == 13 and load_checkpoint(tmp_path / "actor.safetensors").meta["step"] == cfg.extract.steps
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["device-recorded", "older-state"])
+def test_a_state_from_another_device_resumes_on_a_fresh_deterministic_stream(tmp_path, trained, data, recorded, capsys):
+    """A GPU generator's state (16 bytes) cannot be set into a CPU generator (2026-11-28, H200: the resume
+    on the CPU failed with torch's RuntimeError). Written here by hand, as this machine may have no GPU;
+    states saved before the device was recorded are told apart by their size."""
+    run, cfg, _ = trained
+    for dep in ("behavior.safetensors", "critic.safetensors"):
+        shutil.copy(run / dep, tmp_path / dep)
+    cpu = torch.device("cpu")
+    train_actor(cfg, data, tmp_path, cpu, quiet=True, stop_at=13)
+    sp = state_path(tmp_path / "actor.safetensors")
+    state = torch.load(sp, weights_only=True)
+    assert state["generator_device"] == "cpu"
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    state["generator_device"] = "cuda"
+    if not recorded:
+        del state["generator_device"]
+    torch.save(state, sp)
+    saved = {p: p.read_bytes() for p in tmp_path.glob("actor*")}
+    finals = []
+    for _ in range(2):
+        for p, b in saved.items():
+            p.write_bytes(b)
+        out = train_actor(cfg, data, tmp_path, cpu, quiet=True, resume=True)
+        assert out["start_step"] == 13
+        # copies: the loaded tensors map the file, which the next round overwrites in place
+        finals.append({k: v.clone() for k, v in _tensors(tmp_path / "actor.safetensors").items()})
+    assert "resumes on cpu" in " ".join(capsys.readouterr().err.split())
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
 def test_same_seed_same_result(tmp_path, data, default_dataset):
     cfg = tiny_cfg(default_dataset)
     for sub in ("a", "b"):
@@ -249,6 +280,9 @@ def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, def
     from srpo_cli.runner import pretrain_side_by_side
 
     cfg = tiny_cfg(default_dataset, threads=2)  # two threads in all: one per process
+    # Side by side is the CPU mode whatever cfg.device says: with "auto" on a GPU machine the workers once
+    # trained on the GPU (2026-11-28, H200) and this test compared their weights with the CPU's.
+    cfg.device = "cuda"
     walls = pretrain_side_by_side(cfg, tmp_path / "par", {"behavior": False, "critic": False})
     assert set(walls) == {"behavior", "critic"}
     before = torch.get_num_threads()

@@ -273,7 +273,9 @@ def _pretrain_worker(
     from .training import set_threads
 
     set_threads(threads)
-    device = resolve_device(cfg.device)
+    # Side by side is the CPU mode (``side_by_side_stages``): cfg.device may say auto, which on a machine
+    # with a GPU would send both workers there while the caller planned for the CPU.
+    device = torch.device("cpu")
     data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
     fn = train_behavior if stage == "behavior" else train_critic
     try:

@@ -242,6 +242,7 @@ class Stage:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.generator.device.type,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -282,11 +283,31 @@ class Stage:
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         self.sampler.load_state_dict(state["sampler"])
-        self.generator.set_state(state["generator"])
+        self._load_generator(state, path)
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"])
+
+    def _load_generator(self, state: dict[str, Any], path: Path) -> None:
+        """The batch generator's state, or a fresh draw where the run moves to another kind of device.
+
+        A CPU generator's state and a CUDA one's are different things (5056 bytes against 16), so a run
+        stopped on a GPU cannot continue the same random stream on a CPU; the other device's arithmetic
+        differs anyway. It goes on with a generator seeded from the seed and step, the same on every resume.
+        """
+        saved = state.get("generator_device")
+        if saved is None:  # states written before the device was recorded: the size tells
+            saved = self.device.type if state["generator"].numel() == self.generator.get_state().numel() else "?"
+        if saved == self.device.type:
+            self.generator.set_state(state["generator"])
+            return
+        self.generator.manual_seed(self.cfg.seed + int(state["step"]))
+        stderr.print(
+            f"[yellow]note:[/] {path.name} was trained on {'another device' if saved == '?' else saved} and "
+            f"resumes on {self.device.type}: its batches are drawn from a new random stream (seed + step), so "
+            "the result will not equal that of an uninterrupted run on either device."
+        )
 
 
 def state_path(ckpt: Path) -> Path:
