@@ -415,6 +415,44 @@ def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     assert not any("obs_norm" in k for k in _tensors(tmp_path / "plain" / "critic.safetensors"))
 
 
+def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path, data, default_dataset):
+    """behavior.ema_decay keeps ema <- d * ema + (1 - d) * net after every step, leaves the net's own training
+    as it is without it, resumes to the same weights, and is what extraction and the baseline load."""
+    from srpo_cli.behavior import BehaviorStage
+    from srpo_cli.policies import load_behavior
+
+    cpu = torch.device("cpu")
+    d = 0.8
+    cfg = tiny_cfg(default_dataset, **{"behavior.ema_decay": d})
+    stage = BehaviorStage(cfg, data, cpu)
+    expected = [p.detach().clone() for p in stage.net.parameters()]
+    for _ in range(5):
+        stage.step()
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, stage.net.parameters(), strict=True)]
+    for e, p in zip(expected, stage.ema.parameters(), strict=True):
+        torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-7)
+
+    train_behavior(cfg, data, tmp_path / "ema", cpu, quiet=True)
+    train_behavior(tiny_cfg(default_dataset), data, tmp_path / "plain", cpu, quiet=True)
+    with_ema = _tensors(tmp_path / "ema" / "behavior.safetensors")
+    plain = _tensors(tmp_path / "plain" / "behavior.safetensors")
+    assert {k for k in with_ema if k.startswith("net.")} == {k for k in plain if k.startswith("net.")}
+    for k in plain:
+        assert torch.equal(with_ema[k], plain[k]), k
+    assert any(not torch.equal(with_ema[k], with_ema["ema." + k[4:]]) for k in plain if k.startswith("net."))
+    assert not any(k.startswith("ema.") for k in plain)
+
+    net, _, _ = load_behavior(tmp_path / "ema" / "behavior.safetensors", cpu)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, with_ema["ema." + name]), name
+
+    train_behavior(cfg, data, tmp_path / "half", cpu, quiet=True, stop_at=13)
+    train_behavior(cfg, data, tmp_path / "half", cpu, quiet=True, resume=True)
+    resumed = _tensors(tmp_path / "half" / "behavior.safetensors")
+    for k in with_ema:
+        assert torch.equal(resumed[k], with_ema[k]), k
+
+
 def test_config_differences_name_what_a_stage_computes(trained, default_dataset):
     """Only fields that change what a stage computes count; a field the checkpoint predates is its default."""
     from srpo_cli.runner import config_differences

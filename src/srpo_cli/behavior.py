@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ class BehaviorStage(Stage):
         }
         self.forward = CompiledOrEager(self.net, "the behavior net") if c.compile else self.net
         self.autocast = c.bf16
+        self.ema_params: list[torch.Tensor] = []
+        if c.ema_decay > 0:
+            # A separate module so that it is saved, resumed and loaded downstream like the net itself; the
+            # training trajectory of the net is the same with or without it.
+            self.ema = copy.deepcopy(self.net).requires_grad_(False)
+            self.modules["ema"] = self.ema
+            self.ema_params = list(self.ema.parameters())
+            self.net_params = list(self.net.parameters())
 
     def step(self) -> dict[str, torch.Tensor]:
         c = self.cfg.behavior
@@ -48,6 +57,9 @@ class BehaviorStage(Stage):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt)
+        if self.ema_params:
+            # ema <- decay * ema + (1 - decay) * net, all parameters in one foreach call
+            torch._foreach_lerp_(self.ema_params, self.net_params, 1.0 - c.ema_decay)
         return {"loss": loss.detach()}
 
 

@@ -42,6 +42,11 @@ class BehaviorConfig:
     batch_size: int = _f(2048, "state-action pairs per step")
     lr: float = _f(3e-4, "AdamW learning rate (constant, no schedule)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
+    ema_decay: float = _f(
+        0.0,
+        "0: off (the reference). Else keep an exponential moving average of the weights, updated after every "
+        "step with this decay (e.g. 0.999), and let extraction and the diffusion baseline use it",
+    )
     beta_0: float = _f(0.1, "VP-SDE linear beta(t) at t=0")
     beta_1: float = _f(20.0, "VP-SDE linear beta(t) at t=1")
     t_min: float = _f(0.001, "smallest diffusion time sampled for the eps loss")
@@ -391,6 +396,7 @@ def validate(cfg: RunConfig) -> None:
         ("threads", cfg.threads >= 0),
         ("extract.beta", cfg.extract.beta >= 0),  # 0: pure behavior regularization (an ablation)
         ("behavior.t_min", 0.0 < cfg.behavior.t_min < cfg.behavior.t_max <= 1.0),
+        ("behavior.ema_decay", 0.0 <= cfg.behavior.ema_decay < 1.0),
         ("extract.t_min", 0.0 < cfg.extract.t_min < cfg.extract.t_max <= 1.0),
         ("eval.episodes", cfg.eval.episodes > 0),
         ("eval.num_envs", cfg.eval.num_envs > 0),

@@ -131,7 +131,8 @@ def load_behavior(path: Path, device: torch.device) -> tuple[ScoreNet, VPSchedul
 
     bc = BehaviorConfig(**c)
     net = ScoreNet.from_config(ckpt.meta["obs_dim"], ckpt.meta["action_dim"], bc).to(device)
-    net.load_state_dict(ckpt.section("net"))
+    # With behavior.ema_decay the moving average is the model (as in IDQL); the raw weights stay for --resume.
+    net.load_state_dict(ckpt.section("ema" if bc.ema_decay > 0 else "net"))
     net.eval().requires_grad_(False)
     return net, VPSchedule(bc.beta_0, bc.beta_1), ckpt
 
