@@ -431,6 +431,8 @@ def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path,
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, stage.net.parameters(), strict=True)]
     for e, p in zip(expected, stage.ema.parameters(), strict=True):
         torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-7)
+        # outside autograd: a recorded lerp chains every step's average into one ever-growing graph
+        assert p.is_leaf and not p.requires_grad and p.grad_fn is None
 
     train_behavior(cfg, data, tmp_path / "ema", cpu, quiet=True)
     train_behavior(tiny_cfg(default_dataset), data, tmp_path / "plain", cpu, quiet=True)
