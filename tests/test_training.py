@@ -1,6 +1,8 @@
 """Resume, Ctrl-C, the non-finite guard and overwrite protection, on every stage."""
 
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -272,6 +274,55 @@ def test_sigterm_stops_training_even_where_its_interrupt_is_swallowed(tmp_path, 
     swallows it (a __del__, a callback whose errors are only printed) must not leave the stage training on with
     SIGTERM ignored (one way a pipeline worker could outlive its parent, as one did once in the suite)."""
     assert _sigterm_at_step_5(tmp_path, data, default_dataset, swallow=True) in (5, 6)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_inside_a_step_stops_after_it_and_resumes_onto_the_same_weights(
+    tmp_path, data, default_dataset, signum
+):
+    """A signal that lands while a step runs (here: after its weight update, before fit counts it) must not
+    leave a checkpoint whose weights are one step ahead of its step counter: the resumed run would train one
+    step more than an uninterrupted one (it did, raising inside the step)."""
+    cfg = tiny_cfg(default_dataset)
+    train_critic(cfg, data, tmp_path / "a", torch.device("cpu"), quiet=True)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+
+    def signal_inside_step_7(n, real_step):
+        out = real_step()
+        if n == 7:
+            os.kill(os.getpid(), getattr(signal, signum))  # Python runs the handler here, inside the step
+        return out
+
+    _wrap_step(stage, signal_inside_step_7)
+    path = tmp_path / "b" / "critic.safetensors"
+    path.parent.mkdir()
+    with pytest.raises(Interrupted):
+        fit(stage, cfg.critic.steps, path, quiet=True)
+    assert load_checkpoint(path).meta["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after training
+    train_critic(cfg, data, tmp_path / "b", torch.device("cpu"), quiet=True, resume=True)
+    a, b = _tensors(tmp_path / "a" / "critic.safetensors"), _tensors(path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_ctrl_c_inside_a_step_stops_at_once_without_saving_it(tmp_path, data, default_dataset):
+    cfg = tiny_cfg(default_dataset)
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+
+    def two_ctrl_c_inside_step_7(n, real_step):
+        out = real_step()
+        if n == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # deferred to the end of the step
+            os.kill(os.getpid(), signal.SIGINT)  # the user insists: raises here
+            raise AssertionError("the second Ctrl-C did not stop the step")
+        return out
+
+    _wrap_step(stage, two_ctrl_c_inside_step_7)
+    path = tmp_path / "critic.safetensors"
+    with pytest.raises(Interrupted) as exc:
+        fit(stage, cfg.critic.steps, path, quiet=True, ckpt_every=5)
+    assert "middle of step 7" in exc.value.args[0]
+    assert load_checkpoint(path).meta["step"] == 5  # the periodic checkpoint, not the torn step
 
 
 def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, default_dataset):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -435,15 +436,22 @@ def fit(
         metrics.write(row)
         progress.update(task, completed=step, rate=f"{rate:,.1f}", losses=_format_losses(stacked))
 
-    previous_term = _raise_on_sigterm()
+    previous_handlers = _install_stop_handlers()
     try:
         with progress:
             task = progress.add_task(stage.name, total=total_steps, completed=start, rate="-", losses="")
             while step < end:
-                if _SIGTERM["received"]:
+                if _STOP["received"]:
                     raise KeyboardInterrupt
+                # A stop signal landing inside the step would leave it half done (weights updated, the
+                # counter not; or the batch drawn, the weights not), and the checkpoint written on the way
+                # out would resume onto another trajectory: the handler waits for the step to end.
+                _STOP["in_step"] = True
                 pending.append(stage.step())
                 step += 1
+                _STOP["in_step"] = False
+                if _STOP["received"]:
+                    raise KeyboardInterrupt
                 if step == speed_probe[0]:
                     _sync(stage.device)
                     probe_t = time.perf_counter()
@@ -471,12 +479,19 @@ def fit(
             stage.save(ckpt_path, step)
     except KeyboardInterrupt:
         pending.clear()
+        if _STOP["torn"]:
+            kept = f"{ckpt_path} is as it was" if ckpt_path.exists() else "no checkpoint was written"
+            raise Interrupted(
+                f"Stopped in the middle of step {step + 1} (a second Ctrl-C); that step's state is not saved, "
+                f"and {kept}.",
+                "Continue with --resume where a checkpoint exists, else start the stage again.",
+            ) from None
         stage.save(ckpt_path, step)
         raise Interrupted(
             f"Interrupted at step {step}; checkpoint written to {ckpt_path}.", "Continue with --resume."
         ) from None
     finally:
-        _restore_sigterm(previous_term)
+        _restore_stop_handlers(previous_handlers)
     wall = time.perf_counter() - t0
     return {
         "stage": stage.name,
@@ -490,38 +505,53 @@ def fit(
     }
 
 
-_SIGTERM = {"received": False}  # set by the handler of ``_raise_on_sigterm``; read by ``fit`` every step
+# Set by the handler of ``_install_stop_handlers``; read by ``fit`` at every step boundary.
+_STOP = {"received": False, "in_step": False, "torn": False}
 
 
-def _raise_on_sigterm():
-    """Treat SIGTERM (a scheduler's preemption, ``kill``) like Ctrl-C: checkpoint, then exit."""
+def _install_stop_handlers():
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler's preemption, ``kill``) stop training with a checkpoint.
+
+    Between steps the handler raises KeyboardInterrupt at once, so that a long evaluation or checkpoint write
+    stops promptly (writes are atomic). Inside a step it only records the signal, and ``fit`` stops when the
+    step is complete, so the checkpoint holds one consistent state. A second Ctrl-C inside the same step
+    stops at once, without saving that step (the last checkpoint stays). Returns the previous handlers.
+    """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
-
-    _SIGTERM["received"] = False
+    _STOP.update(received=False, in_step=False, torn=False)
 
     def handler(signum, frame):
-        # One is enough: a second SIGTERM during the checkpoint would interrupt the write itself (an orphaned
-        # pipeline worker receives two). ``fit`` restores the previous handler when it ends.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        # The raise lands in whatever Python code runs at that moment; where that code swallows it (a __del__,
-        # a callback whose errors are only printed), the flag stops the loop at the next step instead of
-        # training on with SIGTERM ignored.
-        _SIGTERM["received"] = True
-        raise KeyboardInterrupt
+        if signum == signal.SIGTERM:
+            # One is enough: a second SIGTERM during the checkpoint would interrupt the write itself (an
+            # orphaned pipeline worker receives two). ``fit`` restores the previous handler when it ends.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        again = _STOP["received"]
+        # The flag also stops the loop where a raise below lands in code that swallows it (a __del__, a
+        # callback whose errors are only printed) instead of training on with the signal ignored.
+        _STOP["received"] = True
+        if not _STOP["in_step"]:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            if again:
+                _STOP["torn"] = True
+                raise KeyboardInterrupt
+            sys.stderr.write("\nStopping after this step (Ctrl-C again to stop now, without saving it).\n")
 
-    return signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler), signal.signal(signal.SIGINT, handler)
 
 
-def _restore_sigterm(previous) -> None:
+def _restore_stop_handlers(previous) -> None:
     import signal
 
-    _SIGTERM["received"] = False  # the flag belongs to one fit: a later one, in any thread, starts clean
+    # the flags belong to one fit: a later one, in any thread, starts clean
+    _STOP.update(received=False, in_step=False, torn=False)
     if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _sync(device: torch.device) -> None:
