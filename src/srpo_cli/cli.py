@@ -568,6 +568,7 @@ def eval_cmd(
     preset: PresetOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -587,6 +588,7 @@ def eval_cmd(
         "eval.sampling_steps": sampling_steps,
         "eval.num_envs": num_envs,
         "eval.seed": eval_seed,
+        "threads": threads,
     }
     cfg = _config(preset, flags, set_)
     results = []
@@ -648,6 +650,7 @@ def bench_cmd(
     preset: PresetOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -663,6 +666,7 @@ def bench_cmd(
         "seed": seed,
         "eval.candidates": candidates,
         "eval.sampling_steps": sampling_steps,
+        "threads": threads,
     }
     cfg = _config(preset, flags, set_)
     result = bench_run(cfg, cfg.resolved_run_dir(), repeats)

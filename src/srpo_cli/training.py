@@ -482,8 +482,8 @@ def fit(
         if _STOP["torn"]:
             kept = f"{ckpt_path} is as it was" if ckpt_path.exists() else "no checkpoint was written"
             raise Interrupted(
-                f"Stopped in the middle of step {step + 1} (a second Ctrl-C); that step's state is not saved, "
-                f"and {kept}.",
+                f"Stopped in the middle of step {step + 1} (Ctrl-C after an earlier stop signal); that "
+                f"step's state is not saved, and {kept}.",
                 "Continue with --resume where a checkpoint exists, else start the stage again.",
             ) from None
         stage.save(ckpt_path, step)
