@@ -35,11 +35,11 @@ from srpo_cli.critic import train_critic
 from srpo_cli.data import load_transitions
 from srpo_cli.errors import SrpoError
 from srpo_cli.extract import train_actor
-from srpo_cli.runner import bench_run, evaluate_run, pretrain_side_by_side, side_by_side_stages, stage_plan
+from srpo_cli.runner import bench_run, can_train_side_by_side, evaluate_run, stage_plan, train_side_by_side
 from srpo_cli.training import resolve_device
 
 POLICIES = ("srpo", "diffusion", "awr", "bc")
-WALLS = ("behavior", "critic", "extract", "awr", "bc")
+WALLS = ("behavior", "critic", "extract", "awr", "bc", "total")
 
 
 def _record_wall(run_dir, name: str, seconds: float) -> None:
@@ -101,22 +101,32 @@ def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tupl
         ("awr", "awr.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("awr", *a, **k)),
         ("bc", "bc.safetensors", cfg.baseline.steps, lambda *a, **k: train_baseline("bc", *a, **k)),
     ]
-    # A finished stage is reused only if it was trained with this configuration (else: refused, or --force).
-    plans = {name: stage_plan(run_dir / file_name, steps, force, cfg) for name, file_name, steps, _ in stages}
-    pre = side_by_side_stages(cfg, device, plans)
-    if pre:
-        # Wall time of each stage as it ran beside the other; the pipeline's time is the larger of the two.
-        walls = pretrain_side_by_side(cfg, run_dir, {n: plans[n] == "resume" for n in pre}, quiet, None)
+    # A finished stage is reused only if it was trained with this configuration (else: refused, or --force),
+    # judged when its turn comes: a stage's parents may be retrained before it.
+    files = {name: (file_name, steps) for name, file_name, steps, _ in stages}
+
+    def plan(name: str) -> str:
+        return stage_plan(run_dir / files[name][0], files[name][1], force, cfg)
+
+    t0 = time.perf_counter()
+    if can_train_side_by_side(cfg, device):
+        # Two at a time, each stage as soon as a core and its parents are free (AWR and BC beside the
+        # behavior model once the critic is done); each wall is the stage's own, beside another stage.
+        walls = train_side_by_side(cfg, run_dir, [name for name, *_ in stages], plan, quiet, None)
         for name, seconds in walls.items():
             _record_wall(run_dir, name, seconds)
-    for name, file_name, steps, fn in stages:
-        # afresh: the side-by-side stages are finished now (and retrained ones are not to be trained again)
-        plan = stage_plan(run_dir / file_name, steps, force and name not in pre, cfg)
-        if plan == "skip":
-            continue
-        t0 = time.perf_counter()
-        fn(cfg, data, run_dir, device, quiet=quiet, resume=plan == "resume")
-        _record_wall(run_dir, name, time.perf_counter() - t0)
+    else:
+        walls = {}
+        for name, _, _, fn in stages:
+            how = plan(name)
+            if how == "skip":
+                continue
+            t = time.perf_counter()
+            fn(cfg, data, run_dir, device, quiet=quiet, resume=how == "resume")
+            walls[name] = time.perf_counter() - t
+            _record_wall(run_dir, name, walls[name])
+    if walls:
+        _record_wall(run_dir, "total", time.perf_counter() - t0)
     walls = json.loads((run_dir / "walls.json").read_text())
     scores = {}
     for pol in POLICIES:
@@ -166,14 +176,16 @@ def main(argv=None) -> int:
         f"{torch.get_num_threads()} threads, device {rows[0][1].device}  ",
         "Scores: normalized 0-100, mean ± std over seeds of the per-seed mean (final checkpoints), "
         f"{rows[0][1].eval.episodes} episodes per seed.  ",
-        "Wall times: behavior and critic ran side by side (one process each, half the threads) when "
-        f"parallel_pretrain is on ({rows[0][1].parallel_pretrain}); the pretraining wall is the larger of the two.",
+        "Wall times: with parallel_pretrain on "
+        f"({rows[0][1].parallel_pretrain}), the stages train two at a time (one process each, half the threads), "
+        "each as soon as its parents are done (AWR and BC beside the behavior model once the critic ends); "
+        "total is the training's wall, start to end.",
         "",
         *(["SRPO at other betas: the preset's extraction from the same behavior model and critic."] if betas else []),
         "",
         "| dataset | data avg | SRPO | diffusion | AWR | BC | "
         + "".join(f"SRPO {c} | " for c in beta_cols)
-        + "wall s (behavior / critic / extract / AWR / BC) | latency p50 SRPO / diffusion (µs) |",
+        + "wall s (behavior / critic / extract / AWR / BC / total) | latency p50 SRPO / diffusion (µs) |",
         "|---|---|---|---|---|---|" + "---|" * len(beta_cols) + "---|---|",
     ]
     for ds, _cfg, per_seed in rows:

@@ -42,7 +42,7 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
         mean, std = (float(x) for x in score.split(" ± "))
         assert std == 0.0  # one seed
     walls = [float(x) for x in cells[6].split(" / ")]
-    assert len(walls) == 5 and all(w >= 0 for w in walls)
+    assert len(walls) == 6 and all(w >= 0 for w in walls)
     run_dir = next((tmp_path / "runs").glob("*/seed0"))
     for name in ("behavior", "critic", "actor", "awr", "bc"):
         assert (run_dir / f"{name}.safetensors").exists()
@@ -75,7 +75,7 @@ def test_run_benchmarks_betas_extract_from_the_same_pretraining(default_dataset,
         "behavior.steps": 10, "critic.steps": 10, "extract.steps": 10, "baseline.steps": 10,
         "behavior.batch_size": 32, "critic.batch_size": 32, "extract.batch_size": 32, "baseline.batch_size": 32,
         "eval.episodes": 2, "eval.num_envs": 2, "eval.candidates": 2, "eval.sampling_steps": 2,
-        "parallel_pretrain": "false", "device": "cpu", "extract.beta": "0.05",
+        "parallel_pretrain": "true", "device": "cpu", "extract.beta": "0.05",
     }  # fmt: skip
     sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
     runs = str(tmp_path / "runs" / "{dataset}" / "seed{seed}")

@@ -336,16 +336,56 @@ def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, def
     cfg.device = "cuda"
     walls = pretrain_side_by_side(cfg, tmp_path / "par", {"behavior": False, "critic": False})
     assert set(walls) == {"behavior", "critic"}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_behavior(cfg, data, tmp_path / "seq", torch.device("cpu"), quiet=True)
-        train_critic(cfg, data, tmp_path / "seq", torch.device("cpu"), quiet=True)
-    finally:
-        torch.set_num_threads(before)
+    _train_one_after_the_other(cfg, data, tmp_path / "seq", ("behavior", "critic"))
     for name in ("behavior.safetensors", "critic.safetensors"):
         a, b = _tensors(tmp_path / "par" / name), _tensors(tmp_path / "seq" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def _train_one_after_the_other(cfg, data, run_dir, names) -> None:
+    fns = {"behavior": train_behavior, "critic": train_critic, "extract": train_actor}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in names:
+            if name in fns:
+                fns[name](cfg, data, run_dir, torch.device("cpu"), quiet=True)
+            else:
+                train_baseline(name, cfg, data, run_dir, torch.device("cpu"), quiet=True)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_stage_side_by_side_waits_for_its_parents_and_trains_the_same(tmp_path, data, default_dataset):
+    """The runner's schedule (two stages at a time, each once its parents are done) must train what the
+    stages train one after the other, and ask for each stage's plan only once its parents are finished."""
+    from srpo_cli.runner import STAGE_PARENTS, train_side_by_side
+
+    cfg = tiny_cfg(default_dataset, threads=2)
+    cfg.behavior.steps = 60  # the longest, as at the presets' budgets: AWR and BC start beside it
+    names = ["behavior", "critic", "extract", "awr", "bc"]
+    files = {"behavior": "behavior", "critic": "critic", "extract": "actor", "awr": "awr", "bc": "bc"}
+    par = tmp_path / "par"
+    asked: list[tuple[str, set[str]]] = []
+
+    def plan(name: str) -> str:
+        asked.append((name, {n for n in names if (par / f"{files[n]}.safetensors").exists()}))
+        return "train"
+
+    walls = train_side_by_side(cfg, par, names, plan)
+    assert set(walls) == set(names)
+    assert sorted(n for n, _ in asked) == sorted(names)  # each asked once
+    for name, present in asked:
+        assert set(STAGE_PARENTS[name]) <= present, (name, present)
+    _train_one_after_the_other(cfg, data, tmp_path / "seq", names)
+    for name in names:
+        a = _tensors(par / f"{files[name]}.safetensors")
+        b = _tensors(tmp_path / "seq" / f"{files[name]}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # With the two pretraining stages finished and skipped, the others start from them at once.
+    asked.clear()
+    walls = train_side_by_side(cfg, par, names, lambda n: "skip" if n in ("behavior", "critic") else "train")
+    assert set(walls) == {"extract", "awr", "bc"}
 
 
 def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_dataset):

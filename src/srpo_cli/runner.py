@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,12 +238,28 @@ def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | Non
     return "resume" if state_path(path).exists() else "train"
 
 
+# What each stage reads besides the data: a stage starts side by side once these are finished.
+STAGE_PARENTS: dict[str, tuple[str, ...]] = {
+    "behavior": (),
+    "critic": (),
+    "extract": ("behavior", "critic"),
+    "awr": ("critic",),
+    "bc": (),
+}
+
+
 def side_by_side_stages(cfg: RunConfig, device: torch.device, plans: dict[str, str]) -> list[str]:
     """The pretraining stages to train side by side given each stage's plan: both, or none (one stage
     left to train, a GPU, one thread, or ``parallel_pretrain`` off)."""
     pre = [n for n in ("behavior", "critic") if plans[n] != "skip"]
+    return pre if len(pre) == 2 and can_train_side_by_side(cfg, device) else []
+
+
+def can_train_side_by_side(cfg: RunConfig, device: torch.device) -> bool:
+    """Two training processes with half the threads each: on a CPU with two threads or more, unless
+    ``parallel_pretrain`` is off."""
     threads = cfg.threads or torch.get_num_threads()
-    return pre if len(pre) == 2 and cfg.parallel_pretrain and device.type == "cpu" and threads >= 2 else []
+    return bool(cfg.parallel_pretrain) and device.type == "cpu" and threads >= 2
 
 
 def _follow_parent(parent_pid: int) -> None:
@@ -263,23 +280,27 @@ def _follow_parent(parent_pid: int) -> None:
         os._exit(130)
 
 
-def _pretrain_worker(
+def _stage_worker(
     stage: str, cfg: RunConfig, run_dir: Path, resume: bool, threads: int, parent_pid: int
 ) -> dict[str, Any]:
-    """One pretraining stage in its own process (spawned: nothing inherited but its arguments)."""
+    """One training stage in its own process (spawned: nothing inherited but its arguments)."""
+    from .baselines import train_baseline
     from .behavior import train_behavior
     from .critic import train_critic
     from .data import load_transitions
+    from .extract import train_actor
     from .training import set_threads
 
     set_threads(threads)
-    # Side by side is the CPU mode (``side_by_side_stages``): cfg.device may say auto, which on a machine
-    # with a GPU would send both workers there while the caller planned for the CPU.
+    # Side by side is the CPU mode (``can_train_side_by_side``): cfg.device may say auto, which on a machine
+    # with a GPU would send the workers there while the caller planned for the CPU.
     device = torch.device("cpu")
     data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
-    fn = train_behavior if stage == "behavior" else train_critic
+    fns = {"behavior": train_behavior, "critic": train_critic, "extract": train_actor}
     try:
-        return fn(cfg, data, run_dir, device, resume=resume, quiet=True)
+        if stage in fns:
+            return fns[stage](cfg, data, run_dir, device, resume=resume, quiet=True)
+        return train_baseline(stage, cfg, data, run_dir, device, resume=resume, quiet=True)
     except BaseException:
         # Orphaned: the stage has checkpointed if it could, and nobody will read a result or send more work
         # (returning would leave the worker blocked on its queues), so leave without Python's shutdown.
@@ -308,24 +329,56 @@ def _last_metrics(path: Path) -> dict[str, str]:
 def pretrain_side_by_side(
     cfg: RunConfig, run_dir: Path, resume: dict[str, bool], quiet: bool = False, log=None
 ) -> dict[str, float]:
-    """Train the behavior model and the critic at the same time, each in its own process with half of the
-    CPU threads. Both only read the dataset, and two single-thread trainings keep two cores busier than one
-    two-thread training after another: small matmuls scale poorly across threads (BENCHMARKS.md).
+    """Train the behavior model and the critic at the same time (``train_side_by_side``); ``resume`` says,
+    for each of the two, whether it continues from its checkpoint. Returns each stage's wall time."""
+    return train_side_by_side(
+        cfg, run_dir, list(resume), lambda name: "resume" if resume[name] else "train", quiet, log
+    )
 
-    Returns each stage's wall time. Ctrl-C reaches both processes, which checkpoint before the error is
-    re-raised here.
+
+def train_side_by_side(
+    cfg: RunConfig,
+    run_dir: Path,
+    stages: list[str],
+    plan: Callable[[str], str],
+    quiet: bool = False,
+    log=None,
+) -> dict[str, float]:
+    """Train ``stages`` (names of ``STAGE_PARENTS``, in order of priority) two at a time, each in its own
+    process with half of the CPU threads, each starting as soon as a process is free and the stages it reads
+    are finished; a stage that starts with nothing beside it or to come gets every thread. Two single-thread
+    trainings keep two cores busier than one two-thread training after another: small matmuls scale poorly
+    across threads (BENCHMARKS.md); and the critic, which finishes first, leaves its core to the stages that
+    need only it (AWR) or nothing (BC) while the behavior model trains on.
+
+    ``plan(name)`` is asked when a stage's turn comes, its parents finished: "skip", "train" or "resume"
+    (so that a stage reused or refused is judged against the parents as they are then). Returns the wall
+    time of each stage trained, from its start to its end. Ctrl-C reaches every process, and the running
+    stages checkpoint before the error is re-raised here; after a stage fails, no other starts.
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    threads = max(1, (cfg.threads or torch.get_num_threads()) // 2)
-    steps = {"behavior": cfg.behavior.steps, "critic": cfg.critic.steps}
+    unknown = [n for n in stages if n not in STAGE_PARENTS]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}")
+    all_threads = cfg.threads or torch.get_num_threads()
+    threads = max(1, all_threads // 2)
+    steps = {
+        "behavior": cfg.behavior.steps,
+        "critic": cfg.critic.steps,
+        "extract": cfg.extract.steps,
+        "awr": cfg.baseline.steps,
+        "bc": cfg.baseline.steps,
+    }
     if log:
-        log.print(f"training behavior and critic side by side, {threads} thread(s) each", style="dim")
-    t0 = time.perf_counter()
+        log.print(f"training {', '.join(stages)} two at a time, {threads} thread(s) each", style="dim")
     walls: dict[str, float] = {}
+    started: dict[str, float] = {}
+    finished: set[str] = set()
+    waiting = list(stages)
     progress = Progress(
         TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
@@ -338,41 +391,66 @@ def pretrain_side_by_side(
     pool = ProcessPoolExecutor(
         max_workers=2, mp_context=mp.get_context("spawn"), initializer=_follow_parent, initargs=(pid,)
     )
+    futures: dict[str, Any] = {}
+    tasks: dict[str, Any] = {}
+    failed = False
+
+    def start_ready() -> None:
+        # Only as many as there are free processes, so that nothing queues: a queued stage would start
+        # after a failure, or hold up the pool's shutdown on Ctrl-C.
+        for name in list(waiting):
+            if failed or sum(not f.done() for f in futures.values()) >= 2:
+                return
+            if not all(p in finished or p not in stages for p in STAGE_PARENTS[name]):
+                continue
+            waiting.remove(name)
+            how = plan(name)
+            if how == "skip":
+                finished.add(name)
+                continue
+            started[name] = time.perf_counter()
+            # The last stage, with nothing beside it now or to come, has every thread (the extraction, often).
+            alone = not waiting and all(f.done() for f in futures.values())
+            n_threads = all_threads if alone else threads
+            futures[name] = pool.submit(_stage_worker, name, cfg, run_dir, how == "resume", n_threads, pid)
+            tasks[name] = progress.add_task(name, total=steps[name], rate="-", losses="")
+
+    def poll() -> None:
+        nonlocal failed
+        for name, fut in futures.items():
+            if fut.done() and name not in walls:
+                walls[name] = time.perf_counter() - started[name]
+                if fut.exception() is None:
+                    finished.add(name)
+                else:
+                    failed = True
+            row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
+            if row:
+                losses = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s"))
+                progress.update(
+                    tasks[name], completed=int(row["step"]), rate=row.get("steps_per_s", "-"), losses=losses
+                )
+
     with pool:
-        futures = {
-            name: pool.submit(_pretrain_worker, name, cfg, run_dir, resume[name], threads, pid) for name in resume
-        }
-        tasks = {name: progress.add_task(name, total=steps[name], rate="-", losses="") for name in futures}
-
-        def poll() -> None:
-            for name, fut in futures.items():
-                if fut.done() and name not in walls:
-                    walls[name] = time.perf_counter() - t0
-                row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
-                if row:
-                    losses = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s"))
-                    progress.update(
-                        tasks[name], completed=int(row["step"]), rate=row.get("steps_per_s", "-"), losses=losses
-                    )
-
         try:
             with progress:
-                while not all(f.done() for f in futures.values()):
+                start_ready()
+                while not all(f.done() for f in futures.values()) or (waiting and not failed):
                     poll()
+                    start_ready()
                     time.sleep(0.5)
                 poll()  # the final rows, so the bars end at the last step
         except KeyboardInterrupt:
             for fut in futures.values():
                 try:
                     fut.result()
-                except Exception:
+                except BaseException:
                     pass
             raise Interrupted(
-                "Interrupted; both pretraining stages wrote a checkpoint.", "Run the pipeline again to resume."
+                "Interrupted; every stage in training wrote a checkpoint.", "Run the same command again to resume."
             ) from None
-        for name, fut in futures.items():
+        for fut in futures.values():
             fut.result()  # re-raises a worker's SrpoError here, with its message
-            walls.setdefault(name, time.perf_counter() - t0)
     return walls
 
 
