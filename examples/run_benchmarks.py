@@ -108,6 +108,8 @@ def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tupl
     def plan(name: str) -> str:
         return stage_plan(run_dir / files[name][0], files[name][1], force, cfg)
 
+    for name in files:
+        plan(name)  # a refused stage (other settings, stale parents) stops the run now, not after pretraining
     t0 = time.perf_counter()
     if can_train_side_by_side(cfg, device):
         # Two at a time, each stage as soon as a core and its parents are free (AWR and BC beside the

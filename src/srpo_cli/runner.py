@@ -418,7 +418,9 @@ def train_side_by_side(
     def poll() -> None:
         nonlocal failed
         for name, fut in futures.items():
-            if fut.done() and name not in walls:
+            if name in walls:
+                continue  # finished, its bar already at its last row
+            if fut.done():
                 walls[name] = time.perf_counter() - started[name]
                 if fut.exception() is None:
                     finished.add(name)
