@@ -145,8 +145,8 @@ def test_normalized_critic_sees_standardized_states():
     torch.testing.assert_close(v(s * scale), plain_v(z))
 
 
-@pytest.mark.parametrize(("n_layers", "normalize"), [(2, False), (1, True), (3, False)])
-def test_critic_hand_written_backward_equals_autograd(n_layers, normalize):
+@pytest.mark.parametrize(("n_layers", "normalize", "n_q"), [(2, False, 2), (1, True, 2), (3, False, 2), (2, False, 5)])
+def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q):
     """The critic step's gradients come from Q's and V's hand-written backward; on one batch they must equal
     autograd's gradients of expectile_loss + twin_q_loss through the plain forward passes."""
     import numpy as np
@@ -170,7 +170,9 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize):
     )
     cfg = RunConfig()
     cfg.critic.n_layers, cfg.critic.hidden_dim, cfg.critic.normalize_observations = n_layers, 32, normalize
+    cfg.critic.n_q = n_q
     stage = CriticStage(cfg, data, torch.device("cpu"))
+    assert stage.q(data.observations[:3], data.actions[:3]).shape == (n_q, 3)
     with torch.no_grad():  # a target net different from the online one, as after some training
         for p in stage.q_target.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
@@ -193,15 +195,17 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize):
 
 
 @pytest.mark.parametrize(
-    ("reduce", "normalize", "weighting", "baseline", "normalize_obs"),
+    ("reduce", "normalize", "weighting", "baseline", "normalize_obs", "n_q"),
     [
-        ("mean", False, "sigma2", False, False),
-        ("min", False, "one", True, False),
-        ("mean", True, "alpha_over_sigma", True, True),
-        ("min", True, "sigma2", False, False),
+        ("mean", False, "sigma2", False, False, 2),
+        ("min", False, "one", True, False, 2),
+        ("mean", True, "alpha_over_sigma", True, True, 2),
+        ("min", True, "sigma2", False, False, 2),
+        ("mean", False, "sigma2", True, False, 6),
+        ("min", False, "sigma2", True, False, 6),
     ],
 )
-def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, weighting, baseline, normalize_obs):
+def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, weighting, baseline, normalize_obs, n_q):
     """The extraction step's actor gradients come from the actor's and Q's hand-written backward; with the
     same random draws they must equal autograd's on the spec-form loss (srpo_actor_loss)."""
     from srpo_cli.config import ExtractConfig
@@ -213,7 +217,7 @@ def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, wei
     actor = TanhActor(5, 3, 32, 2)
     with torch.no_grad():  # saturate some actions, where tanh's derivative matters
         actor.net[-1].bias.copy_(torch.tensor([2.0, 0.0, -1.0]))
-    q_net = EnsembleQ(5, 3, 32, 2, normalize_obs=normalize_obs)
+    q_net = EnsembleQ(5, 3, 32, 2, n_q, normalize_obs=normalize_obs)
     if normalize_obs:
         q_net.obs_norm.set_statistics(torch.randn(5), torch.rand(5) + 0.5)
     q_net.requires_grad_(False)

@@ -506,6 +506,37 @@ def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     assert not any("obs_norm" in k for k in _tensors(tmp_path / "plain" / "critic.safetensors"))
 
 
+def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
+    """critic.n_q = 4: the checkpoint holds four members (and the target's four), the loaded critic gives the
+    trained one's values, and the extraction, AWR and the diffusion baseline all run on it."""
+    from srpo_cli.policies import DiffusionPolicy, load_behavior, load_critic
+
+    cfg = tiny_cfg(default_dataset, **{"critic.n_q": 4})
+    cpu = torch.device("cpu")
+    train_behavior(cfg, data, tmp_path, cpu, quiet=True)
+    train_critic(cfg, data, tmp_path, cpu, quiet=True)
+    q, q_t, _, ckpt = load_critic(tmp_path / "critic.safetensors", cpu)
+    assert ckpt.config["critic"]["n_q"] == 4
+    s, a = data.observations[:32], data.actions[:32]
+    assert q(s, a).shape == q_t(s, a).shape == (4, 32)
+    stage = CriticStage(cfg, data, cpu)
+    stage.q_target.load_state_dict(ckpt.section("q_target"))
+    torch.testing.assert_close(q_t(s, a), stage.q_target(s, a))
+    # members start apart and stay apart (independent initializations, not copies)
+    assert (q(s, a)[0] - q(s, a)[3]).abs().max() > 1e-4
+    train_actor(cfg, data, tmp_path, cpu, quiet=True)
+    train_baseline("awr", cfg, data, tmp_path, cpu, quiet=True)
+    behavior, schedule, _ = load_behavior(tmp_path / "behavior.safetensors", cpu)
+    policy = DiffusionPolicy(
+        behavior, schedule, q_t, data.action_low, data.action_high, candidates=4, steps=3, device=cpu
+    )
+    assert policy(data.observations[:3].numpy()).shape == (3, data.action_dim)
+    from srpo_cli.config import validate
+
+    with pytest.raises(UsageError, match="critic.n_q"):
+        validate(tiny_cfg(default_dataset, **{"critic.n_q": 0}))
+
+
 def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path, data, default_dataset):
     """behavior.ema_decay keeps ema <- d * ema + (1 - d) * net after every step, leaves the net's own training
     as it is without it, resumes to the same weights, and is what extraction and the baseline load."""

@@ -79,6 +79,11 @@ class CriticConfig:
     v_lr: float = _f(3e-4, "Adam learning rate of V")
     hidden_dim: int = _f(256, "hidden width of Q and V")
     n_layers: int = _f(2, "hidden layers of Q and V")
+    n_q: int = _f(
+        2,
+        "Q-networks in the ensemble (the reference's twin Q: 2); V's target is the min of their targets, the "
+        "extraction's Q term combines them by extract.q_reduce, AWR and the diffusion baseline take the min",
+    )
     expectile: float = _f(0.7, "expectile tau of the V loss (0.7 locomotion, 0.9 antmaze)")
     discount: float = _f(0.99, "discount gamma")
     tau: float = _f(0.005, "Polyak rate of the target twin Q, applied after every step")
@@ -117,7 +122,9 @@ class ExtractConfig:
         "sigma2", "w(t): sigma_t^2 (reference), 1, or alpha_t/sigma_t", ("sigma2", "one", "alpha_over_sigma")
     )
     noise_baseline: bool = _f(False, "subtract the injected noise z from eps (lower variance; off in reference)")
-    q_reduce: str = _f("mean", "combine the twin target Qs for the gradient: mean (reference) or min", ("mean", "min"))
+    q_reduce: str = _f(
+        "mean", "combine the target Qs (critic.n_q) for the gradient: mean (reference) or min", ("mean", "min")
+    )
     normalize_q_grad: bool = _f(False, "divide the Q gradient by its per-sample RMS (antmaze)")
     bf16_behavior: bool = _f(False, "bf16 autocast on the frozen behavior net's forward pass")
     compile: bool = _f(
@@ -390,6 +397,7 @@ def validate(cfg: RunConfig) -> None:
         ("critic.batch_size", cfg.critic.batch_size > 0),
         ("extract.batch_size", cfg.extract.batch_size > 0),
         ("baseline.batch_size", cfg.baseline.batch_size > 0),
+        ("critic.n_q", cfg.critic.n_q >= 1),
         ("critic.expectile", 0.0 < cfg.critic.expectile < 1.0),
         ("critic.discount", 0.0 <= cfg.critic.discount <= 1.0),
         ("critic.tau", 0.0 < cfg.critic.tau <= 1.0),

@@ -24,7 +24,8 @@ def iql_q_target(r: torch.Tensor, d: torch.Tensor, v_next: torch.Tensor, discoun
 
 
 def twin_q_loss(q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1/2 (MSE(Q1, y) + MSE(Q2, y)) for q of shape [2, B]."""
+    """1/2 (MSE(Q1, y) + MSE(Q2, y)) for q of shape [2, B]; with n members 1/2 the sum of their n MSEs (each
+    member's gradient is the twin Q's, whatever n)."""
     return 0.5 * ((q - y.unsqueeze(0)) ** 2).mean(-1).sum()
 
 
