@@ -4,7 +4,8 @@
 
 For each dataset and seed: behavior model, critic, SRPO actor, AWR and BC policies on the same data and budget
 (the dataset's preset, or --preset), then evaluation of SRPO, the diffusion-policy baseline, AWR and BC, and
-the action latency of SRPO vs the diffusion baseline. Finished stages in the run directories are reused, so an
+the action latency of SRPO vs the diffusion baseline. Only its command line configures it: srpo.yaml and
+SRPO_* variables are not read. Finished stages in the run directories are reused, so an
 interrupted benchmark continues where it stopped. The table records the command line that produced it.
 
 --betas 0,0.01 adds one SRPO column per beta: an actor extracted at that beta (the preset's extraction
@@ -39,6 +40,7 @@ from srpo_cli.runner import bench_run, can_train_side_by_side, evaluate_run, sta
 from srpo_cli.training import resolve_device
 
 POLICIES = ("srpo", "diffusion", "awr", "bc")
+_NO_CONFIG_FILE = Path(os.devnull) / "srpo.yaml"  # never exists: the runner reads no srpo.yaml
 WALLS = ("behavior", "critic", "extract", "awr", "bc", "total")
 
 
@@ -164,7 +166,9 @@ def main(argv=None) -> int:
         per_seed = []
         for seed in seeds:
             flags = {"dataset": ds, "seed": seed, "run_dir": args.runs, **config.parse_set(args.set)}
-            cfg = config.resolve(flags, preset=args.preset)
+            # Only this command line decides: a stray srpo.yaml or SRPO_* variable in the shell (a preset pinned
+            # for another dataset, say) would change what the table measures without the recorded command saying so.
+            cfg = config.resolve(flags, preset=args.preset, config_path=_NO_CONFIG_FILE, environ={})
             print(f"== {ds} seed {seed} -> {cfg.resolved_run_dir()}", file=sys.stderr, flush=True)
             try:
                 per_seed.append(run_one(cfg, args.quiet, args.force, betas))

@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from srpo_cli import config
 from srpo_cli.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +21,12 @@ def load_example(name: str):
     return module
 
 
-def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_dataset, tmp_path):
+def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_dataset, tmp_path, monkeypatch):
     runner = load_example("run_benchmarks")
+    # what the table measures comes from its command line alone, not from a srpo.yaml or SRPO_* left around
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "srpo.yaml").write_text("preset: antmaze-umaze\n")
+    monkeypatch.setenv("SRPO_PRESET", "antmaze-umaze")
     tiny = {
         "behavior.steps": 20, "critic.steps": 20, "extract.steps": 20, "baseline.steps": 20,
         "behavior.batch_size": 32, "critic.batch_size": 32, "extract.batch_size": 32, "baseline.batch_size": 32,
@@ -46,6 +51,9 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     run_dir = next((tmp_path / "runs").glob("*/seed0"))
     for name in ("behavior", "critic", "actor", "awr", "bc"):
         assert (run_dir / f"{name}.safetensors").exists()
+    own = config.load_preset(config.preset_for_dataset(default_dataset))
+    stored = load_checkpoint(run_dir / "critic.safetensors").config["critic"]
+    assert stored["reward_mode"] == own["critic"].get("reward_mode", "locomotion") != "antmaze"
     recorded = json.loads((run_dir / "walls.json").read_text())
     # A second run reuses every finished stage: nothing is retrained, the recorded walls stay as they were.
     stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")}
