@@ -168,6 +168,14 @@ def test_bad_inputs(workdir, minari_store, args, code, message):
     assert tree(minari_store) == store_before  # no half-written dataset folder
 
 
+def test_a_preset_pinned_for_another_dataset_warns(workdir, default_dataset):
+    (workdir / "srpo.yaml").write_text("preset: bench-hopper-medium\n")
+    r = srpo("pretrain-critic", "--dataset", default_dataset, "--steps", 3, *TINY)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "warning: preset 'bench-hopper-medium' comes from srpo.yaml" in text and default_dataset in text
+
+
 def test_env_var_config(workdir, default_dataset, monkeypatch):
     monkeypatch.setenv("SRPO_CRITIC__STEPS", "7")
     monkeypatch.setenv("SRPO_RUN_DIR", "envrun")

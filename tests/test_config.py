@@ -156,3 +156,25 @@ def test_written_yaml_does_not_freeze_presets(tmp_path):
     assert from_file.to_dict() == default.to_dict()
     hopper = config.resolve({"dataset": "bench/hopper/medium-v0"}, config_path=path, environ={})
     assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 60_000  # ...but the bench preset applies
+
+
+def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
+    """A 'preset:' line left in srpo.yaml applies to every dataset; say so when it was made for another one."""
+    path = tmp_path / "srpo.yaml"
+    path.write_text(yaml.safe_dump({"preset": "bench-hopper-medium"}))
+    other = {"dataset": "bench/halfcheetah/medium-v0"}
+    cfg = config.resolve(other, config_path=path, environ={})
+    assert cfg.extract.beta == 0.05  # the documented precedence still holds: the pinned preset applies...
+    warning = config.preset_mismatch(cfg, other, config_path=path, environ={})
+    assert warning and "bench/hopper/medium-v0" in warning and "--preset bench-halfcheetah-medium" in warning
+    assert str(path) in warning  # ...and the warning names where it came from
+    same = {"dataset": "bench/hopper/medium-v0"}
+    assert config.preset_mismatch(config.resolve(same, config_path=path, environ={}), same, config_path=path) is None
+    # chosen on the command line, or by the dataset itself: the user asked for it, no warning
+    cfg = config.resolve(other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml", environ={})
+    assert config.preset_mismatch(cfg, other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml") is None
+    cfg = config.resolve(other, config_path=tmp_path / "none.yaml", environ={})
+    assert config.preset_mismatch(cfg, other, config_path=tmp_path / "none.yaml", environ={}) is None
+    env = {"SRPO_PRESET": "bench-hopper-medium"}
+    cfg = config.resolve(other, config_path=tmp_path / "none.yaml", environ=env)
+    assert "unset SRPO_PRESET" in config.preset_mismatch(cfg, other, config_path=tmp_path / "none.yaml", environ=env)

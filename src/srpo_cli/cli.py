@@ -115,6 +115,9 @@ def _config(
         if key != "dataset" and key in config.all_keys():
             overrides[key] = config._coerce(key, value, "the command line")
     cfg = config.resolve(overrides, preset=preset)
+    warning = config.preset_mismatch(cfg, overrides, preset=preset)
+    if warning:
+        err.print(f"warning: {warning}", style="yellow")
     if cfg.threads:
         from .training import set_threads
 

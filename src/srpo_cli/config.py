@@ -372,11 +372,7 @@ def resolve(
     config_path = Path(CONFIG_FILE) if config_path is None else config_path
     file_tree = read_yaml(config_path) if config_path.exists() else {}
     env = dict(os.environ if environ is None else environ)
-    preset = preset or env.get("SRPO_PRESET") or file_tree.get("preset")
-    if not preset:
-        # A dataset with a shipped preset gets it automatically (the built-in default's small budget included).
-        dataset = (flags or {}).get("dataset") or env.get("SRPO_DATASET") or file_tree.get("dataset") or DEFAULT_DATASET
-        preset = preset_for_dataset(str(dataset))
+    preset, _ = _preset_in_force(flags, preset, config_path, file_tree, env)
     cfg = RunConfig()
     if preset:
         apply(cfg, flatten(load_preset(preset), f"preset '{preset}'"))
@@ -385,6 +381,57 @@ def resolve(
     apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     validate(cfg)
     return cfg
+
+
+def _preset_in_force(
+    flags: dict[str, Any] | None,
+    preset: str | None,
+    config_path: Path,
+    file_tree: dict[str, Any],
+    env: dict[str, str],
+) -> tuple[str | None, str]:
+    """The preset that applies and where it was chosen: '--preset', 'SRPO_PRESET', the file, or 'dataset'."""
+    if preset:
+        return preset, "--preset"
+    if env.get("SRPO_PRESET"):
+        return env["SRPO_PRESET"], "SRPO_PRESET"
+    if file_tree.get("preset"):
+        return str(file_tree["preset"]), str(config_path)
+    # A dataset with a shipped preset gets it automatically (the built-in default's small budget included).
+    dataset = (flags or {}).get("dataset") or env.get("SRPO_DATASET") or file_tree.get("dataset") or DEFAULT_DATASET
+    return preset_for_dataset(str(dataset)), "dataset"
+
+
+def preset_mismatch(
+    cfg: RunConfig,
+    flags: dict[str, Any] | None = None,
+    preset: str | None = None,
+    config_path: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> str | None:
+    """A warning when a preset pinned by srpo.yaml or SRPO_PRESET was made for another dataset than cfg's.
+
+    The precedence is documented, but a ``preset:`` line left in srpo.yaml by an earlier run silently gives a
+    new dataset the old one's beta and budgets: easy to miss, and it changes results.
+    """
+    config_path = Path(CONFIG_FILE) if config_path is None else config_path
+    file_tree = read_yaml(config_path) if config_path.exists() else {}
+    env = dict(os.environ if environ is None else environ)
+    name, origin = _preset_in_force(flags, preset, config_path, file_tree, env)
+    if not name or origin in ("--preset", "dataset"):
+        return None
+    made_for = load_preset(name).get("dataset")
+    if made_for is None or made_for == cfg.dataset:
+        return None
+    where = "the SRPO_PRESET variable" if origin == "SRPO_PRESET" else f"{origin} ('preset: {name}')"
+    own = preset_for_dataset(cfg.dataset)
+    fix = f"pass --preset {own}" if own else "pass --preset NAME"
+    drop = "unset SRPO_PRESET" if origin == "SRPO_PRESET" else f"delete the 'preset:' line from {origin}"
+    return (
+        f"preset '{name}' comes from {where} and was made for {made_for}, but this run's dataset is "
+        f"{cfg.dataset}: its hyperparameters (extract.beta, steps, learning rates) apply anyway. To use "
+        f"another, {fix} or {drop}."
+    )
 
 
 def validate(cfg: RunConfig) -> None:
