@@ -169,7 +169,8 @@ def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
     assert warning and "bench/hopper/medium-v0" in warning and "--preset bench-halfcheetah-medium" in warning
     assert str(path) in warning  # ...and the warning names where it came from
     same = {"dataset": "bench/hopper/medium-v0"}
-    assert config.preset_mismatch(config.resolve(same, config_path=path, environ={}), same, config_path=path) is None
+    cfg = config.resolve(same, config_path=path, environ={})
+    assert config.preset_mismatch(cfg, same, config_path=path, environ={}) is None
     # chosen on the command line, or by the dataset itself: the user asked for it, no warning
     cfg = config.resolve(other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml", environ={})
     assert config.preset_mismatch(cfg, other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml") is None
