@@ -162,20 +162,21 @@ def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
     """A 'preset:' line left in srpo.yaml applies to every dataset; say so when it was made for another one."""
     path = tmp_path / "srpo.yaml"
     path.write_text(yaml.safe_dump({"preset": "bench-hopper-medium"}))
+    none = tmp_path / "none.yaml"
     other = {"dataset": "bench/halfcheetah/medium-v0"}
-    cfg = config.resolve(other, config_path=path, environ={})
+
+    def warned(flags, preset=None, config_path=path, environ=None):
+        notes: list[str] = []
+        cfg = config.resolve(flags, preset=preset, config_path=config_path, environ=environ or {}, warnings=notes)
+        return cfg, notes
+
+    cfg, notes = warned(other)
     assert cfg.extract.beta == 0.05  # the documented precedence still holds: the pinned preset applies...
-    warning = config.preset_mismatch(cfg, other, config_path=path, environ={})
-    assert warning and "bench/hopper/medium-v0" in warning and "--preset bench-halfcheetah-medium" in warning
-    assert str(path) in warning  # ...and the warning names where it came from
-    same = {"dataset": "bench/hopper/medium-v0"}
-    cfg = config.resolve(same, config_path=path, environ={})
-    assert config.preset_mismatch(cfg, same, config_path=path, environ={}) is None
+    assert len(notes) == 1 and "bench/hopper/medium-v0" in notes[0] and "--preset bench-halfcheetah-medium" in notes[0]
+    assert str(path) in notes[0]  # ...and the warning names where it came from
+    assert warned({"dataset": "bench/hopper/medium-v0"})[1] == []
     # chosen on the command line, or by the dataset itself: the user asked for it, no warning
-    cfg = config.resolve(other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml", environ={})
-    assert config.preset_mismatch(cfg, other, preset="bench-hopper-medium", config_path=tmp_path / "none.yaml") is None
-    cfg = config.resolve(other, config_path=tmp_path / "none.yaml", environ={})
-    assert config.preset_mismatch(cfg, other, config_path=tmp_path / "none.yaml", environ={}) is None
-    env = {"SRPO_PRESET": "bench-hopper-medium"}
-    cfg = config.resolve(other, config_path=tmp_path / "none.yaml", environ=env)
-    assert "unset SRPO_PRESET" in config.preset_mismatch(cfg, other, config_path=tmp_path / "none.yaml", environ=env)
+    assert warned(other, preset="bench-hopper-medium", config_path=none)[1] == []
+    assert warned(other, config_path=none)[1] == []
+    notes = warned(other, config_path=none, environ={"SRPO_PRESET": "bench-hopper-medium"})[1]
+    assert len(notes) == 1 and "unset SRPO_PRESET" in notes[0]

@@ -114,9 +114,9 @@ def _config(
     for key, value in list(overrides.items()):
         if key != "dataset" and key in config.all_keys():
             overrides[key] = config._coerce(key, value, "the command line")
-    cfg = config.resolve(overrides, preset=preset)
-    warning = config.preset_mismatch(cfg, overrides, preset=preset)
-    if warning:
+    warnings: list[str] = []
+    cfg = config.resolve(overrides, preset=preset, warnings=warnings)
+    for warning in warnings:
         err.print(f"warning: {warning}", style="yellow")
     if cfg.threads:
         from .training import set_threads

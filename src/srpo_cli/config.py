@@ -367,12 +367,16 @@ def resolve(
     preset: str | None = None,
     config_path: Path | None = None,
     environ: dict[str, str] | None = None,
+    warnings: list[str] | None = None,
 ) -> RunConfig:
-    """Merge defaults < preset < srpo.yaml < environment < flags into one validated RunConfig."""
+    """Merge defaults < preset < srpo.yaml < environment < flags into one validated RunConfig.
+
+    ``warnings``: a list to which what the user should hear about the resolution is appended (a preset pinned
+    by srpo.yaml or SRPO_PRESET for another dataset than the run's)."""
     config_path = Path(CONFIG_FILE) if config_path is None else config_path
     file_tree = read_yaml(config_path) if config_path.exists() else {}
     env = dict(os.environ if environ is None else environ)
-    preset, _ = _preset_in_force(flags, preset, config_path, file_tree, env)
+    preset, origin = _preset_in_force(flags, preset, config_path, file_tree, env)
     cfg = RunConfig()
     if preset:
         apply(cfg, flatten(load_preset(preset), f"preset '{preset}'"))
@@ -380,6 +384,9 @@ def resolve(
     apply(cfg, env_values(env))
     apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     validate(cfg)
+    note = _preset_mismatch(cfg, preset, origin)
+    if note and warnings is not None:
+        warnings.append(note)
     return cfg
 
 
@@ -402,22 +409,12 @@ def _preset_in_force(
     return preset_for_dataset(str(dataset)), "dataset"
 
 
-def preset_mismatch(
-    cfg: RunConfig,
-    flags: dict[str, Any] | None = None,
-    preset: str | None = None,
-    config_path: Path | None = None,
-    environ: dict[str, str] | None = None,
-) -> str | None:
+def _preset_mismatch(cfg: RunConfig, name: str | None, origin: str) -> str | None:
     """A warning when a preset pinned by srpo.yaml or SRPO_PRESET was made for another dataset than cfg's.
 
     The precedence is documented, but a ``preset:`` line left in srpo.yaml by an earlier run silently gives a
     new dataset the old one's beta and budgets: easy to miss, and it changes results.
     """
-    config_path = Path(CONFIG_FILE) if config_path is None else config_path
-    file_tree = read_yaml(config_path) if config_path.exists() else {}
-    env = dict(os.environ if environ is None else environ)
-    name, origin = _preset_in_force(flags, preset, config_path, file_tree, env)
     if not name or origin in ("--preset", "dataset"):
         return None
     made_for = load_preset(name).get("dataset")
