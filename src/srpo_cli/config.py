@@ -378,13 +378,14 @@ def resolve(
     env = dict(os.environ if environ is None else environ)
     preset, origin = _preset_in_force(flags, preset, config_path, file_tree, env)
     cfg = RunConfig()
+    preset_tree = load_preset(preset) if preset else {}
     if preset:
-        apply(cfg, flatten(load_preset(preset), f"preset '{preset}'"))
+        apply(cfg, flatten(preset_tree, f"preset '{preset}'"))
     apply(cfg, flatten(file_tree, str(config_path)))
     apply(cfg, env_values(env))
     apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
     validate(cfg)
-    note = _preset_mismatch(cfg, preset, origin)
+    note = _preset_mismatch(cfg, preset, origin, preset_tree.get("dataset"))
     if note and warnings is not None:
         warnings.append(note)
     return cfg
@@ -409,7 +410,7 @@ def _preset_in_force(
     return preset_for_dataset(str(dataset)), "dataset"
 
 
-def _preset_mismatch(cfg: RunConfig, name: str | None, origin: str) -> str | None:
+def _preset_mismatch(cfg: RunConfig, name: str | None, origin: str, made_for: str | None) -> str | None:
     """A warning when a preset pinned by srpo.yaml or SRPO_PRESET was made for another dataset than cfg's.
 
     The precedence is documented, but a ``preset:`` line left in srpo.yaml by an earlier run silently gives a
@@ -417,7 +418,6 @@ def _preset_mismatch(cfg: RunConfig, name: str | None, origin: str) -> str | Non
     """
     if not name or origin in ("--preset", "dataset"):
         return None
-    made_for = load_preset(name).get("dataset")
     if made_for is None or made_for == cfg.dataset:
         return None
     where = "the SRPO_PRESET variable" if origin == "SRPO_PRESET" else f"{origin} ('preset: {name}')"
