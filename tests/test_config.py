@@ -155,7 +155,7 @@ def test_written_yaml_does_not_freeze_presets(tmp_path):
     from_file = config.resolve({}, config_path=path, environ={})
     assert from_file.to_dict() == default.to_dict()
     hopper = config.resolve({"dataset": "bench/hopper/medium-v0"}, config_path=path, environ={})
-    assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 60_000  # ...but the bench preset applies
+    assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 115_000  # ...but the bench preset applies
 
 
 def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
