@@ -112,6 +112,9 @@ def our_stages(device: torch.device, tmp: Path):
     cfg_bf.extract.bf16_behavior = True
     stages["behavior bf16"] = BehaviorStage(cfg_bf, data, device).step
     stages["extract bf16"] = ExtractStage(cfg_bf, data, device, tmp).step
+    cfg_e32 = config.RunConfig()
+    cfg_e32.extract.compile = True  # fp32 throughout: the same maths as "extract fp32", one compiled graph
+    stages["extract fp32 compiled"] = ExtractStage(cfg_e32, data, device, tmp).step
     cfg_ec = config.RunConfig()
     cfg_ec.extract.bf16_behavior = True
     cfg_ec.extract.compile = True  # the frozen behavior net compiled with its weights as constants
