@@ -98,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         "uniform random": torch.rand_like(a_data) * 2 - 1,
         "best of 32 behavior samples by Q": best,
     }
+    names = [path.name for path in args.actors]
     for path in args.actors:
         pol = load_actor_policy(path)
-        actions[path.name] = torch.from_numpy(pol.act_normalized(s.numpy().copy()))
+        # runs name every actor actor.safetensors: label by the path as given when names repeat, or one would
+        # silently replace the other
+        label = path.name if names.count(path.name) == 1 else str(path)
+        if label in actions:
+            raise SystemExit(f"--actors names {path} twice")
+        actions[label] = torch.from_numpy(pol.act_normalized(s.numpy().copy()))
     with torch.no_grad():
         q = {k: q_target(s, a).mean(0).numpy() for k, a in actions.items()}
 

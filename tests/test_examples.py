@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -125,13 +126,18 @@ def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
     for fn in (train_behavior, train_critic):
         fn(cfg, data, run, torch.device("cpu"), quiet=True)
     train_baseline("bc", cfg, data, run, torch.device("cpu"), quiet=True)
+    # two policies of one file name (every run names its actor actor.safetensors): both must be ranked
+    (run / "other").mkdir()
+    shutil.copy(run / "bc.safetensors", run / "other" / "bc.safetensors")
     probe = load_example("critic_rollouts")
     argv = ["--dataset", "test/hopper/random-v0", "--run", str(run), "--policy", str(run / "bc.safetensors"),
-            "--actors", str(run / "bc.safetensors"), "--states", "4", "--horizon", "5"]  # fmt: skip
+            "--actors", str(run / "bc.safetensors"), str(run / "other" / "bc.safetensors"),
+            "--states", "4", "--horizon", "5"]  # fmt: skip
     assert probe.main(argv) == 0
     out = capsys.readouterr()
     assert "max |obs(set_state(s)) - s| = 0.00e+00" in out.err
-    for kind in ("dataset", "uniform random", "best of 32 behavior samples by Q", "bc.safetensors"):
+    kinds = ("dataset", "uniform random", "best of 32 behavior samples by Q")
+    for kind in (*kinds, str(run / "bc.safetensors"), str(run / "other" / "bc.safetensors")):
         assert f"  {kind} " in out.out
     assert "ranking accuracy" in out.out and "up the critic's gradient" in out.out
 
