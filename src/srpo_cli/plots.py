@@ -23,9 +23,25 @@ def _read(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's label: the shortest tail of its path that no other run's path ends with, so that runs of one
+    seed in different folders (``runs/.../seed5``, ``runs300/.../seed5``) stay apart in a legend."""
+    parts = [Path(r).parts for r in run_dirs]
+    labels = []
+    for i, own in enumerate(parts):
+        tail = own
+        for k in range(1, len(own) + 1):
+            if all(other[-k:] != own[-k:] for j, other in enumerate(parts) if j != i):
+                tail = own[-k:]
+                break
+        labels.append("/".join(tail))
+    return labels
+
+
 def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = True) -> list[Path]:
-    """One PNG per stage; each metric a panel; several runs (seeds) each labelled by its directory name, with
-    their mean and min-max band unless ``mean`` is off (runs that are different variants, not seeds)."""
+    """One PNG per stage; each metric a panel; several runs (seeds) each labelled by its directory name (more of
+    its path where names repeat), with their mean and min-max band unless ``mean`` is off (runs that are
+    different variants, not seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,12 +52,13 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = Tr
             raise UsageError(f"{r} has no metrics/ folder; is it an srpo run directory?")
     out_dir = Path(out_dir) if out_dir else Path(run_dirs[0]) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
+    label_of = dict(zip((Path(r) for r in run_dirs), run_labels(run_dirs), strict=True))
     stages = sorted({p.stem for r in run_dirs for p in (Path(r) / "metrics").glob("*.csv")})
     files = []
     for stage in stages:
         present = [Path(r) for r in run_dirs if (Path(r) / "metrics" / f"{stage}.csv").exists()]
         runs = [_read(r / "metrics" / f"{stage}.csv") for r in present]
-        names = [r.name for r in present]
+        names = [label_of[r] for r in present]
         keys = sorted({k for run in runs for k in run})
         if not keys:
             continue
