@@ -13,7 +13,8 @@ critic's action gradient from the dataset's action (what SRPO's Q term does), an
 Prints, per kind of action, the mean G and the critic's mean Q there; then the critic's pairwise ranking
 accuracy against G: over all pairs of actions at the same state whose G differ by more than --min-gap, how
 often the mean of the twin target Qs orders them as G does (50% is a coin); and, on its own, how often the
-step up the gradient beats the step down in G.
+step up the gradient beats the step down in G (with --smooth, also for the gradient of the critic smoothed
+over Gaussian perturbations of the action).
 """
 
 from __future__ import annotations
@@ -56,6 +57,22 @@ def rollout_return(env, obs: np.ndarray, first_action: np.ndarray, policy, horiz
     return g
 
 
+def q_gradient_direction(
+    q_target, s: torch.Tensor, a: torch.Tensor, sigma: float = 0.0, samples: int = 1
+) -> torch.Tensor:
+    """Unit direction of dQ/da (mean of the twin target Qs) at each (s, a); with sigma > 0, of the gradient of
+    the Gaussian-smoothed critic E[Q(s, a + sigma xi)], by Monte Carlo over ``samples`` draws of xi per state:
+    whether a smoother critic's slope points uphill more often than its raw one does."""
+    k = samples if sigma > 0 else 1
+    a_k = a.repeat_interleave(k, 0)
+    if sigma > 0:
+        a_k = a_k + sigma * torch.randn_like(a_k)
+    a_k.requires_grad_(True)
+    (grad,) = torch.autograd.grad(q_target(s.repeat_interleave(k, 0), a_k).mean(0).sum(), a_k)
+    grad = grad.view(len(s), k, -1).mean(1)
+    return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
@@ -66,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=int, default=300)
     ap.add_argument("--min-gap", type=float, default=0.5, help="pairs with |G1 - G2| below this are ties")
     ap.add_argument("--step", type=float, default=0.2, help="L2 length of the steps along the Q gradient")
+    ap.add_argument(
+        "--smooth",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also step along the critic's gradient averaged over N(0, sigma^2) perturbations of the action, per sigma",
+    )
+    ap.add_argument("--smooth-samples", type=int, default=32, help="perturbations per state for --smooth")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -87,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         cand = sample_actions(behavior, schedule, s.repeat_interleave(n, 0), 15)
         q_cand = q_target(s.repeat_interleave(n, 0), cand).mean(0).view(-1, n)
         best = cand.view(-1, n, cand.shape[-1])[torch.arange(len(s)), q_cand.argmax(1)]
-    a_req = a_data.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(q_target(s, a_req).mean(0).sum(), a_req)
-    unit = grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    unit = q_gradient_direction(q_target, s, a_data)
     actions = {
         "dataset": a_data,
         "dataset + step up dQ/da": (a_data + args.step * unit).clamp(-1, 1),
@@ -98,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         "uniform random": torch.rand_like(a_data) * 2 - 1,
         "best of 32 behavior samples by Q": best,
     }
+    suffixes = [""]
+    for sigma in args.smooth:
+        suffix = f" (smoothed {sigma})"
+        direction = q_gradient_direction(q_target, s, a_data, sigma, args.smooth_samples)
+        actions[f"dataset + step up dQ/da{suffix}"] = (a_data + args.step * direction).clamp(-1, 1)
+        actions[f"dataset - step up dQ/da{suffix}"] = (a_data - args.step * direction).clamp(-1, 1)
+        suffixes.append(suffix)
     names = [path.name for path in args.actors]
     for path in args.actors:
         pol = load_actor_policy(path)
@@ -126,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:<36} {g[k].mean():20.2f} {q[k].mean():16.3f}")
     agree = total = 0
     data_agree = data_total = 0
-    for k1, k2 in itertools.combinations(actions, 2):
+    # the smoothed steps are a question about the gradient, not more actions to rank: keep the ranking comparable
+    ranked = [k for k in actions if "(smoothed" not in k]
+    for k1, k2 in itertools.combinations(ranked, 2):
         dg, dq = g[k1] - g[k2], q[k1] - q[k2]
         sel = np.abs(dg) > args.min_gap
         hits = int((np.sign(dg[sel]) == np.sign(dq[sel])).sum())
@@ -138,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         f"of {total} pairs; pairs with the dataset's action: {100 * data_agree / max(data_total, 1):.1f}% "
         f"of {data_total}"
     )
-    up, down = g["dataset + step up dQ/da"], g["dataset - step up dQ/da"]
-    print(
-        f"step of {args.step} up the critic's gradient beats the step down in G: {100 * (up > down).mean():.1f}% of "
-        f"states (mean G difference {np.mean(up - down):+.3f})"
-    )
+    for suffix, sigma in zip(suffixes, [None, *args.smooth], strict=True):
+        up, down = g[f"dataset + step up dQ/da{suffix}"], g[f"dataset - step up dQ/da{suffix}"]
+        what = "the critic's gradient" + (f", smoothed over N(0, {sigma}^2)," if sigma is not None else "")
+        print(
+            f"step of {args.step} up {what} beats the step down in G: {100 * (up > down).mean():.1f}% of "
+            f"states (mean G difference {np.mean(up - down):+.3f})"
+        )
     return 0
 
 

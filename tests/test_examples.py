@@ -132,14 +132,35 @@ def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
     probe = load_example("critic_rollouts")
     argv = ["--dataset", "test/hopper/random-v0", "--run", str(run), "--policy", str(run / "bc.safetensors"),
             "--actors", str(run / "bc.safetensors"), str(run / "other" / "bc.safetensors"),
-            "--states", "4", "--horizon", "5"]  # fmt: skip
+            "--states", "4", "--horizon", "5", "--smooth", "0.1"]  # fmt: skip
     assert probe.main(argv) == 0
     out = capsys.readouterr()
     assert "max |obs(set_state(s)) - s| = 0.00e+00" in out.err
     kinds = ("dataset", "uniform random", "best of 32 behavior samples by Q")
     for kind in (*kinds, str(run / "bc.safetensors"), str(run / "other" / "bc.safetensors")):
         assert f"  {kind} " in out.out
-    assert "ranking accuracy" in out.out and "up the critic's gradient" in out.out
+    assert "ranking accuracy" in out.out and "up the critic's gradient beats" in out.out
+    assert "up the critic's gradient, smoothed over N(0, 0.1^2), beats" in out.out
+
+
+def test_critic_rollouts_smoothed_gradient_direction():
+    """The smoothed critic's slope: a unit vector per state, the raw gradient's as sigma -> 0 (a ReLU net is
+    linear near a point), and a different one once the perturbations cross its kinks."""
+    from srpo_cli.networks import EnsembleQ
+
+    torch.manual_seed(0)
+    q = EnsembleQ(5, 3, 32, 2, 2)
+    s, a = torch.randn(64, 5), torch.rand(64, 3) * 2 - 1
+    probe = load_example("critic_rollouts")
+    raw = probe.q_gradient_direction(q, s, a)
+    torch.testing.assert_close(raw.norm(dim=-1), torch.ones(64))
+    a_req = a.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(q(s, a_req).mean(0).sum(), a_req)
+    torch.testing.assert_close(raw, grad / grad.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(probe.q_gradient_direction(q, s, a, 1e-7, 8), raw)
+    wide = probe.q_gradient_direction(q, s, a, 1.0, 64)
+    torch.testing.assert_close(wide.norm(dim=-1), torch.ones(64))
+    assert (wide - raw).norm(dim=-1).max() > 0.1
 
 
 def test_value_probe_returns_to_go_by_hand():
