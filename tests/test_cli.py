@@ -126,6 +126,8 @@ def test_datasets_presets_init(workdir, default_dataset):
     assert r.exit_code == 0
     ids = [row["id"] for row in json.loads(r.stdout)]
     assert default_dataset in ids
+    r = srpo("datasets")  # the table, at a pipe's 80 columns: the ids whole, not cut to "srpo/pen…"
+    assert r.exit_code == 0 and default_dataset in r.stdout
     r = srpo("presets")
     assert r.exit_code == 0 and "hopper-medium" in r.stdout
     r = srpo("init", "--preset", "hopper-medium")

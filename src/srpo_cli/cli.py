@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from . import __version__
@@ -30,6 +32,16 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def print_uncut(table: Table) -> None:
+    """Print a table to stdout; into a pipe or file at its full width, where Rich would fit it to 80 columns
+    and cut ids and numbers short with an ellipsis (a terminal keeps Rich's fitting to its own width)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    need = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(file=out.file, width=max(out.width, need), color_system=out.color_system).print(table)
 
 
 def _fail(e: SrpoError) -> None:
@@ -169,7 +181,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     for k, v in summary["losses"].items():
         t.add_row(k, f"{v:.5g}")
     t.add_row("checkpoint", summary["checkpoint"])
-    out.print(t)
+    print_uncut(t)
 
 
 def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json: bool, kind: str = "") -> None:
@@ -423,23 +435,34 @@ def datasets_cmd(as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    t = Table(title="local datasets")
-    for col in ("id", "episodes", "steps", "obs dim", "action dim", "ref scores", "mean return"):
-        t.add_column(col, justify="left" if col == "id" else "right")
-    for r in rows:
-        if "error" in r:
-            t.add_row(r["id"], "-", "-", "-", "-", "-", f"[red]{r['error']}[/]")
-        else:
-            t.add_row(
-                r["id"],
-                f"{r['episodes']:,}",
-                f"{r['steps']:,}",
-                str(r["obs_dim"]),
-                str(r["action_dim"]),
-                "yes" if r["ref_scores"] else "no",
-                f"{r['mean_return']:.1f}",
-            )
-    out.print(t)
+    cells = [
+        [r["id"], "-", "-", "-", "-", "-", f"[red]{r['error']}[/]"]
+        if "error" in r
+        else [
+            r["id"],
+            f"{r['episodes']:,}",
+            f"{r['steps']:,}",
+            str(r["obs_dim"]),
+            str(r["action_dim"]),
+            "yes" if r["ref_scores"] else "no",
+            f"{r['mean_return']:.1f}",
+        ]
+        for r in rows
+    ]
+    # the id is what a user copies into the next command and the numbers are what they read: cut neither
+    # short. One-word headers and no vertical rules fit the usual ids in a pipe's 80 columns; past that a pipe
+    # or file gets the table at its full width (a terminal keeps Rich's fitting)
+    t = Table(
+        title="local datasets",
+        box=box.SIMPLE_HEAD,
+        caption="obs, act: dimensions; ref: has reference scores (0-100 scale); return: mean episode return",
+    )
+    t.add_column("id", no_wrap=True)
+    for col in ("episodes", "steps", "obs", "act", "ref", "return"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for c in cells:
+        t.add_row(*c)
+    print_uncut(t)
     if not rows:
         err.print("no local datasets; try 'srpo fetch' for the built-in default")
 
@@ -501,7 +524,7 @@ def presets_cmd(as_json: JsonOpt = False) -> None:
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], str(r["dataset"]), str(r["beta"]))
-    out.print(t)
+    print_uncut(t)
 
 
 @app.command("init")
@@ -635,7 +658,7 @@ def _eval_table(summaries: list[dict], aggregate: dict | None) -> None:
         if has_score:
             row.append(f"{aggregate['score_mean']:.1f} ± {aggregate['score_std']:.1f}")
         t.add_row(*row, "", "", "", style="bold")
-    out.print(t)
+    print_uncut(t)
 
 
 @app.command("bench")
@@ -681,7 +704,7 @@ def bench_cmd(
         t.add_column(col, justify="left" if col == "policy" else "right")
     for name, r in result["policies"].items():
         t.add_row(name, f"{r['p50_us']:,.1f}", f"{r['p95_us']:,.1f}", f"{r['throughput_256']:,.0f}")
-    out.print(t)
+    print_uncut(t)
     out.print(
         f"diffusion baseline / SRPO actor, p50 at batch 1: [bold]{result['ratio_p50']:,.0f}x[/] "
         f"(paper: more than 25x); throughput ratio at batch 256: {result['ratio_throughput']:,.0f}x"
@@ -753,7 +776,7 @@ def pipeline_cmd(
         if "dataset_score" in result:
             row.append(f"{result[key + '_score']:.1f}")
         t.add_row(*row)
-    out.print(t)
+    print_uncut(t)
     out.print(
         f"action latency p50 at batch 1: SRPO {result['srpo_p50_us']:.1f} µs, diffusion "
         f"{result['diffusion_p50_us']:,.0f} µs -> [bold]{result['latency_ratio']:,.0f}x faster[/]; "
