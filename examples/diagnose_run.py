@@ -23,7 +23,7 @@ from srpo_cli.diffusion import sample_actions
 from srpo_cli.policies import actor_module, load_behavior, load_critic
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--run", type=Path, required=True)
@@ -37,7 +37,7 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     dev = torch.device("cpu")
     data = load_transitions(args.dataset)
@@ -47,9 +47,10 @@ def main() -> None:
     s, a = data.observations[idx], data.actions[idx]
 
     with torch.no_grad():
+        drawn = sample_actions(behavior, schedule, s, 15)
         q = {
             "dataset actions": q_target(s, a).mean(0),
-            "behavior samples (15 steps)": q_target(s, sample_actions(behavior, schedule, s, 15)).mean(0),
+            "behavior samples (15 steps)": q_target(s, drawn).mean(0),
             "dataset actions + N(0, 0.3^2)": q_target(s, (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)).mean(0),
             "uniform random actions": q_target(s, torch.rand_like(a) * 2 - 1).mean(0),
         }
@@ -81,7 +82,8 @@ def main() -> None:
 
         print("policies on the same states: mean target Q, L2 distance to the dataset action, share of action")
         print("components beyond |0.99|, mean |dQ/da|")
-        for name, acts in [("dataset actions", a)] + [
+        # the behavior model's own draws: does it reproduce the data's share of actions on the bounds?
+        for name, acts in [("dataset actions", a), ("behavior samples (15 steps)", drawn)] + [
             (str(p), actor_module(load_checkpoint(p))(s).detach()) for p in args.actors
         ]:
             qv, g = q_and_grad(acts)
