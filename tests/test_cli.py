@@ -68,7 +68,9 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     assert srpo("pretrain-critic", *steps, *TINY).exit_code == 0
     r = srpo("extract", "--beta", "0.05", *steps, *TINY, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["step"] == 12
+    summary = json.loads(r.stdout)
+    assert summary["step"] == 12 and summary["balance"]["beta"] == 0.05
+    assert "Q term against the behavior regularizer" in r.output  # measured and said before the long part
     r = srpo("eval", "--episodes", "2", *TINY)
     assert r.exit_code == 0, r.output
     assert "0-100" in r.stdout and "return" in r.stdout

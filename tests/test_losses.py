@@ -238,3 +238,58 @@ def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, wei
     torch.testing.assert_close(score2, score.detach())
     q_all = q_net(s, actor(s).detach())
     torch.testing.assert_close(q2, (q_all.mean(0) if reduce == "mean" else q_all.min(0).values).mean())
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "one"])
+def test_regularizer_balance_against_a_gaussian_behavior_by_quadrature(weighting):
+    """The score term's pull and the Q term's push, measured as the extraction would feel them, against the
+    closed form for a Gaussian behavior N(mu, s_b^2) and a linear critic Q = <c, a>.
+
+    For that behavior the exact noise predictor is eps(x, t) = sigma_t (x - alpha_t mu) / (alpha_t^2 s_b^2 +
+    sigma_t^2), so an action d off mu along c feels E_t[w(t) alpha_t sigma_t d / (alpha_t^2 s_b^2 + sigma_t^2)]
+    back toward mu, and the push is beta |c| everywhere."""
+    from srpo_cli.config import ExtractConfig
+    from srpo_cli.diffusion import VPSchedule
+    from srpo_cli.extract import regularizer_balance
+
+    schedule, s_b = VPSchedule(), 0.2
+    mu = torch.tensor([0.1, -0.2, 0.0])
+    c_vec = torch.tensor([3.0, 0.0, -4.0])  # |c| = 5; u = (0.6, 0, -0.8)
+
+    def eps_net(x, s, t):
+        alpha, sigma = schedule.alpha_sigma(t)
+        return sigma[:, None] * (x - alpha[:, None] * mu) / (alpha[:, None] ** 2 * s_b**2 + sigma[:, None] ** 2)
+
+    def q_net(s, a):
+        return (a @ c_vec).unsqueeze(0).expand(2, -1)
+
+    cfg = ExtractConfig(beta=0.02, weighting=weighting)
+    s, a = torch.zeros(64, 1), mu.expand(64, 3)
+    gen = torch.Generator().manual_seed(0)
+    b = regularizer_balance(eps_net, q_net, schedule, s, a, cfg, gen, draws=2048, steps=(0.0, 0.1, 0.2, 0.5))
+    t = torch.linspace(cfg.t_min, cfg.t_max, 20001, dtype=torch.float64)
+    alpha, sigma = schedule.alpha_sigma(t)
+    w = sigma**2 if weighting == "sigma2" else torch.ones_like(sigma)
+    per_unit = float((w * alpha * sigma / (alpha**2 * s_b**2 + sigma**2)).mean())
+    assert b.grad_norm == pytest.approx(5.0) and b.q_pull == pytest.approx(0.1)
+    assert b.score_pull[0] == pytest.approx(0.0, abs=0.01)
+    for d, pull in zip(b.steps[1:], b.score_pull[1:], strict=True):
+        assert pull == pytest.approx(per_unit * d, rel=0.05, abs=0.005), d
+    # the pull grows linearly here, so the balance is where per_unit * d = beta |c| (0.46 and 0.16 off mu)
+    assert b.balance_step == pytest.approx(0.1 / per_unit, rel=0.1)
+    assert b.beta_for_step(0.2) == pytest.approx(per_unit * 0.2 / 5.0, rel=0.05)
+    assert "they balance about" in b.describe()
+
+
+def test_regularizer_balance_says_when_the_q_term_wins_everywhere():
+    from srpo_cli.extract import Balance
+
+    held = Balance(beta=0.05, grad_norm=1.0, q_pull=0.05, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
+    assert held.balance_step == pytest.approx(0.1 + 0.1 * 0.02 / 0.04)
+    assert "balance about 0.15 off the data" in held.describe()
+    lost = Balance(beta=0.2, grad_norm=4.0, q_pull=0.8, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
+    assert lost.balance_step is None
+    assert "outweighs the score term at every distance up to 0.2" in lost.describe()
+    assert "beta about 0.0175 would balance 0.2 off the data" in lost.describe()
+    assert Balance(0.0, 1.0, 0.0, (0.0, 0.1), (0.01, 0.02)).balance_step == 0.0
+    assert lost.as_dict()["balance_step"] is None and held.as_dict()["q_pull"] == 0.05

@@ -180,6 +180,13 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     t.add_row("wall time", f"{summary['wall_s']:.1f} s ({summary['steps_per_s']:,.1f} steps/s)")
     for k, v in summary["losses"].items():
         t.add_row(k, f"{v:.5g}")
+    if "balance" in summary:  # extract: where the Q term's push meets the score term's pull
+        b = summary["balance"]
+        where = b["balance_step"]
+        t.add_row(
+            "Q / score balance",
+            f"{where:.2f} off the data" if where is not None else f"none within {b['steps'][-1]:g} (Q term dominates)",
+        )
     t.add_row("checkpoint", summary["checkpoint"])
     print_uncut(t)
 

@@ -4,6 +4,7 @@ score as a regularizer; the behavior net and critic are frozen."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .errors import RuntimeFailure
 from .losses import srpo_loss, srpo_loss_through_q, srpo_weight
 from .networks import EnsembleQ, TanhActor
 from .policies import check_same_lineage, load_behavior, load_critic
-from .training import CompiledOrEager, Stage, fit, optimizer_step
+from .training import CompiledOrEager, Stage, fit, optimizer_step, stderr
 
 FILE_NAME = "actor.safetensors"
 
@@ -53,6 +54,97 @@ def check_inputs(behavior_ckpt, critic_ckpt, data: Transitions) -> None:
                 f"is running on '{data.dataset_id}' (obs_dim {data.obs_dim}).",
                 "Use the same --dataset as the earlier stages, or another --run directory.",
             )
+
+
+@dataclass
+class Balance:
+    """How hard the two terms of the SRPO loss pull an action, on dataset states.
+
+    The actor descends w(t) (eps - z) - beta dQ/da. ``q_pull`` is beta |dQ/da| at the data's actions: the push
+    away from the data. ``score_pull[i]`` is the score term's pull back toward the data at an action
+    ``steps[i]`` (L2) off the data's action along dQ/da: E_t,z[w(t) (eps(alpha_t a + sigma_t z, s, t) - z)] . u.
+    Where the push exceeds every pull the actor goes where the critic points, to the action bounds if that is
+    where it points (BENCHMARKS.md, halfcheetah), since nothing in the loss holds it near the data."""
+
+    beta: float
+    grad_norm: float
+    q_pull: float
+    steps: tuple[float, ...]
+    score_pull: tuple[float, ...]
+
+    @property
+    def balance_step(self) -> float | None:
+        """Distance off the data's action where the score term's pull first matches the Q term's push
+        (linear between the measured steps); None beyond the last step measured."""
+        pairs = list(zip(self.steps, self.score_pull, strict=True))
+        if pairs[0][1] >= self.q_pull:
+            return pairs[0][0]
+        for (d0, p0), (d1, p1) in zip(pairs, pairs[1:], strict=False):
+            if p1 >= self.q_pull:
+                return d0 + (d1 - d0) * (self.q_pull - p0) / max(p1 - p0, 1e-12)
+        return None
+
+    def beta_for_step(self, step: float) -> float:
+        """The beta whose push matches the score term's pull ``step`` off the data (a measured step)."""
+        return self.score_pull[self.steps.index(step)] / max(self.grad_norm, 1e-12)
+
+    def describe(self) -> str:
+        pulls = " / ".join(f"{p:.3f}" for p in self.score_pull)
+        where = " / ".join(f"{d:g}" for d in self.steps)
+        text = (
+            f"Q term against the behavior regularizer: beta x |dQ/da| = {self.beta:g} x {self.grad_norm:.3f} = "
+            f"{self.q_pull:.3f}; the score term pulls back {pulls} at {where} off the data's actions along dQ/da"
+        )
+        step = self.balance_step
+        if step is not None:
+            return text + f": they balance about {step:.2f} off the data."
+        return (
+            text + f". [yellow]warning:[/] the Q term outweighs the score term at every distance up to "
+            f"{self.steps[-1]:g}: expect the actor to leave the data for wherever the critic points, often the "
+            f"action bounds (BENCHMARKS.md, halfcheetah); beta about {self.beta_for_step(0.2):.3g} would "
+            "balance 0.2 off the data."
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "balance_step": self.balance_step}
+
+
+BALANCE_STEPS = (0.0, 0.1, 0.2, 0.5, 1.0)
+
+
+@torch.no_grad()
+def regularizer_balance(
+    eps_net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    q_net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: VPSchedule,
+    s: torch.Tensor,
+    a: torch.Tensor,
+    c: ExtractConfig,
+    generator: torch.Generator,
+    draws: int = 64,
+    steps: tuple[float, ...] = BALANCE_STEPS,
+    device_type: str = "cpu",
+) -> Balance:
+    """Measure ``Balance`` at the states ``s`` and their dataset actions ``a``, with the extraction's own
+    weighting, t range, Q reduction and gradient normalization; ``draws`` (t, z) pairs per state and step.
+    The noise baseline is always subtracted here: E[z] = 0, so the pull is the same with less noise."""
+    g, _ = q_gradient(q_net, s, a, c.q_reduce, c.normalize_q_grad)
+    norm = g.norm(dim=-1, keepdim=True)
+    u = g / norm.clamp_min(1e-12)
+    s_k = s.repeat_interleave(draws, 0)
+    pulls = []
+    for d in steps:
+        # the actor is a tanh: it never reaches the bounds themselves
+        x = (a + d * u).clamp(-0.999, 0.999).repeat_interleave(draws, 0)
+        t = torch.rand(len(x), device=x.device, generator=generator) * (c.t_max - c.t_min) + c.t_min
+        z = torch.randn(x.shape, device=x.device, generator=generator)
+        alpha_t, sigma_t = schedule.alpha_sigma(t)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=c.bf16_behavior):
+            eps = eps_net(alpha_t[:, None] * x + sigma_t[:, None] * z, s_k, t).float()
+        force = (srpo_weight(alpha_t, sigma_t, c.weighting)[:, None] * (eps - z)).view(len(s), draws, -1).mean(1)
+        pulls.append(float((force * u).sum(-1).mean()))
+    grad_norm = float(norm.mean())
+    return Balance(c.beta, grad_norm, c.beta * grad_norm, tuple(steps), tuple(pulls))
 
 
 class ExtractStage(Stage):
@@ -245,12 +337,28 @@ def train_actor(
     """Extract the SRPO actor from ``run_dir``'s behavior and critic; writes ``run_dir/actor.safetensors``."""
     stage = ExtractStage(cfg, data, device, run_dir)
     c = cfg.extract
+    # before the long part: whether the spec's beta lets the behavior model hold the actor near the data at
+    # all, with this critic (its action gradient's scale is the data's and the budget's, not the paper's)
+    gen = torch.Generator(stage.device).manual_seed(cfg.seed)
+    idx = torch.randint(0, stage.data.size, (min(128, stage.data.size),), device=stage.device, generator=gen)
+    balance = regularizer_balance(
+        stage.behavior,
+        stage.q_target,
+        stage.schedule,
+        stage.data.observations.index_select(0, idx),
+        stage.data.actions.index_select(0, idx),
+        c,
+        gen,
+        device_type=stage.device.type,
+    )
+    if not quiet:
+        stderr.print(balance.describe(), highlight=False)
     hooks = []
     if c.eval_every > 0:
         from .evaluate import periodic_eval_hook
 
         hooks.append((c.eval_every, periodic_eval_hook(stage.actor, data, cfg)))
-    return fit(
+    summary = fit(
         stage,
         c.steps,
         Path(run_dir) / FILE_NAME,
@@ -261,3 +369,4 @@ def train_actor(
         stop_at=stop_at,
         hooks=hooks,
     )
+    return {**summary, "balance": balance.as_dict()}
