@@ -35,7 +35,7 @@ from srpo_cli.behavior import train_behavior
 from srpo_cli.critic import train_critic
 from srpo_cli.data import load_transitions
 from srpo_cli.errors import SrpoError
-from srpo_cli.extract import train_actor
+from srpo_cli.extract import run_balance, train_actor
 from srpo_cli.runner import bench_run, can_train_side_by_side, evaluate_run, stage_plan, train_side_by_side
 from srpo_cli.training import resolve_device
 
@@ -143,7 +143,8 @@ def run_one(cfg: config.RunConfig, quiet: bool, force: bool = False, betas: tupl
             scores["srpo"] if beta == cfg.extract.beta else extract_at_beta(cfg, data, run_dir, beta, quiet, force)
         )
     bench = bench_run(cfg, run_dir, repeats=500)
-    return {"scores": scores, "walls": walls, "latency": bench}
+    balance = run_balance(cfg, data, run_dir, device).balance_step
+    return {"scores": scores, "walls": walls, "latency": bench, "balance": balance}
 
 
 def main(argv=None) -> int:
@@ -185,14 +186,18 @@ def main(argv=None) -> int:
         "Wall times: with parallel_pretrain on "
         f"({rows[0][1].parallel_pretrain}), the stages train two at a time (one process each, half the threads), "
         "each as soon as its parents are done (AWR and BC beside the behavior model once the critic ends); "
-        "total is the training's wall, start to end.",
+        "total is the training's wall, start to end.  ",
+        "Q / score balance (per seed): how far off the data's actions the score term's pull back matches the Q "
+        "term's push, beta x |dQ/da|, at the preset's beta (`srpo extract` prints it); none: the push wins at "
+        "every distance up to 1.0 and nothing holds the actor near the data.",
         "",
         *(["SRPO at other betas: the preset's extraction from the same behavior model and critic."] if betas else []),
         "",
         "| dataset | data avg | SRPO | diffusion | AWR | BC | "
         + "".join(f"SRPO {c} | " for c in beta_cols)
-        + "wall s (behavior / critic / extract / AWR / BC / total) | latency p50 SRPO / diffusion (µs) |",
-        "|---|---|---|---|---|---|" + "---|" * len(beta_cols) + "---|---|",
+        + "Q / score balance | wall s (behavior / critic / extract / AWR / BC / total) | "
+        "latency p50 SRPO / diffusion (µs) |",
+        "|---|---|---|---|---|---|" + "---|" * len(beta_cols) + "---|---|---|",
     ]
     for ds, _cfg, per_seed in rows:
         cell = {}
@@ -204,7 +209,8 @@ def main(argv=None) -> int:
         lines.append(
             f"| {ds} | {cell['dataset']} | {cell['srpo']} | {cell['diffusion']} | {cell['awr']} | {cell['bc']} | "
             + "".join(f"{cell[c]} | " for c in beta_cols)
-            + f"{' / '.join(f'{w[k]:.0f}' for k in WALLS)} | "
+            + ", ".join("none" if r["balance"] is None else f"{r['balance']:.2f}" for r in per_seed)
+            + f" | {' / '.join(f'{w[k]:.0f}' for k in WALLS)} | "
             f"{lat['srpo_p50_us']:.1f} / {lat['diffusion_p50_us']:,.0f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,20 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     assert "Command: `python " in table and "run_benchmarks.py --datasets" in table and "--seeds 0" in table
     row = next(line for line in table.splitlines() if line.startswith(f"| {default_dataset} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert len(cells) == 8
+    assert len(cells) == 9
     for score in cells[1:6]:  # data avg, SRPO, diffusion, AWR, BC: "mean ± std"
         mean, std = (float(x) for x in score.split(" ± "))
         assert std == 0.0  # one seed
-    walls = [float(x) for x in cells[6].split(" / ")]
+    # the Q / score balance of the seed's run, as srpo extract measures it: a distance off the data, or none
+    from srpo_cli.data import load_transitions
+    from srpo_cli.extract import run_balance
+
+    flags = {"dataset": default_dataset, "run_dir": runs, **config.parse_set(sets[1::2])}
+    cfg = config.resolve(flags, config_path=runner._NO_CONFIG_FILE, environ={})
+    expected = run_balance(cfg, load_transitions(default_dataset), cfg.resolved_run_dir(), torch.device("cpu"))
+    assert cells[6] == ("none" if expected.balance_step is None else f"{expected.balance_step:.2f}")
+    assert "Q / score balance (per seed)" in table
+    walls = [float(x) for x in cells[7].split(" / ")]
     assert len(walls) == 6 and all(w >= 0 for w in walls)
     run_dir = next((tmp_path / "runs").glob("*/seed0"))
     for name in ("behavior", "critic", "actor", "awr", "bc"):
@@ -97,7 +106,7 @@ def test_run_benchmarks_betas_extract_from_the_same_pretraining(default_dataset,
     assert "| SRPO beta=0 | SRPO beta=0.05 | SRPO beta=3 |" in header
     row = next(line for line in lines if line.startswith(f"| {default_dataset} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert len(cells) == 11
+    assert len(cells) == 12  # ... the three beta columns, the balance, walls, latency
     assert cells[6] != cells[8]  # two actors, not one score copied
     assert cells[7] == cells[2]  # the preset's beta is the main SRPO column
     run_dir = next((tmp_path / "runs").glob("*/seed0"))

@@ -324,6 +324,25 @@ class _FrozenNets(torch.nn.Module):
         return actor_grads_from_draws(actor, self.behavior, self.q_net, self.schedule, self.c, self.device_type, *args)
 
 
+def stage_balance(
+    behavior: torch.nn.Module, q_target: torch.nn.Module, schedule: VPSchedule, data: Transitions, cfg: RunConfig
+) -> Balance:
+    """``regularizer_balance`` as ``srpo extract`` measures it: 128 dataset states drawn with a generator of
+    its own (seeded from ``cfg.seed``; training's random streams are left as they were)."""
+    device = data.observations.device
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    idx = torch.randint(0, data.size, (min(128, data.size),), device=device, generator=gen)
+    s, a = data.observations.index_select(0, idx), data.actions.index_select(0, idx)
+    return regularizer_balance(behavior, q_target, schedule, s, a, cfg.extract, gen, device_type=device.type)
+
+
+def run_balance(cfg: RunConfig, data: Transitions, run_dir: Path, device: torch.device) -> Balance:
+    """``stage_balance`` for the behavior model and critic in ``run_dir`` (a finished run's, for tables)."""
+    behavior, schedule, _ = load_behavior(Path(run_dir) / BEHAVIOR_FILE, device)
+    _, q_target, _, _ = load_critic(Path(run_dir) / CRITIC_FILE, device)
+    return stage_balance(behavior, q_target, schedule, data.to(device), cfg)
+
+
 def train_actor(
     cfg: RunConfig,
     data: Transitions,
@@ -339,18 +358,7 @@ def train_actor(
     c = cfg.extract
     # before the long part: whether the spec's beta lets the behavior model hold the actor near the data at
     # all, with this critic (its action gradient's scale is the data's and the budget's, not the paper's)
-    gen = torch.Generator(stage.device).manual_seed(cfg.seed)
-    idx = torch.randint(0, stage.data.size, (min(128, stage.data.size),), device=stage.device, generator=gen)
-    balance = regularizer_balance(
-        stage.behavior,
-        stage.q_target,
-        stage.schedule,
-        stage.data.observations.index_select(0, idx),
-        stage.data.actions.index_select(0, idx),
-        c,
-        gen,
-        device_type=stage.device.type,
-    )
+    balance = stage_balance(stage.behavior, stage.q_target, stage.schedule, stage.data, cfg)
     if not quiet:
         stderr.print(balance.describe(), highlight=False)
     hooks = []
