@@ -289,7 +289,9 @@ def test_regularizer_balance_says_when_the_q_term_wins_everywhere():
     assert "balance about 0.15 off the data" in held.describe()
     lost = Balance(beta=0.2, grad_norm=4.0, q_pull=0.8, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
     assert lost.balance_step is None
-    assert "outweighs the score term at every distance up to 0.2" in lost.describe()
+    assert (
+        "outweighs the score term at every distance up to 0.2, so the behavior model will not hold" in lost.describe()
+    )
     assert "beta about 0.0175 would balance 0.2 off the data" in lost.describe()
     assert Balance(0.0, 1.0, 0.0, (0.0, 0.1), (0.01, 0.02)).balance_step == 0.0
     assert lost.as_dict()["balance_step"] is None and held.as_dict()["q_pull"] == 0.05

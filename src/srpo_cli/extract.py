@@ -63,8 +63,9 @@ class Balance:
     The actor descends w(t) (eps - z) - beta dQ/da. ``q_pull`` is beta |dQ/da| at the data's actions: the push
     away from the data. ``score_pull[i]`` is the score term's pull back toward the data at an action
     ``steps[i]`` (L2) off the data's action along dQ/da: E_t,z[w(t) (eps(alpha_t a + sigma_t z, s, t) - z)] . u.
-    Where the push exceeds every pull the actor goes where the critic points, to the action bounds if that is
-    where it points (BENCHMARKS.md, halfcheetah), since nothing in the loss holds it near the data."""
+    Where the push exceeds every pull nothing in the loss holds the actor near the data and it goes where the
+    critic points: good where the critic is right off the data (the built-in default dataset), a collapse to
+    the action bounds where it is not (halfcheetah at the bench presets' budget; BENCHMARKS.md)."""
 
     beta: float
     grad_norm: float
@@ -99,10 +100,11 @@ class Balance:
         if step is not None:
             return text + f": they balance about {step:.2f} off the data."
         return (
-            text + f". [yellow]warning:[/] the Q term outweighs the score term at every distance up to "
-            f"{self.steps[-1]:g}: expect the actor to leave the data for wherever the critic points, often the "
-            f"action bounds (BENCHMARKS.md, halfcheetah); beta about {self.beta_for_step(0.2):.3g} would "
-            "balance 0.2 off the data."
+            text + f". [yellow]note:[/] the Q term outweighs the score term at every distance up to "
+            f"{self.steps[-1]:g}, so the behavior model will not hold the actor near the data: it goes where the "
+            "critic points, which pays where the critic is right off the data (the built-in default dataset) and "
+            "collapses where it is not (halfcheetah at the bench presets' budget, BENCHMARKS.md); beta about "
+            f"{self.beta_for_step(0.2):.3g} would balance 0.2 off the data."
         )
 
     def as_dict(self) -> dict[str, Any]:
