@@ -271,7 +271,7 @@ def test_regularizer_balance_against_a_gaussian_behavior_by_quadrature(weighting
     alpha, sigma = schedule.alpha_sigma(t)
     w = sigma**2 if weighting == "sigma2" else torch.ones_like(sigma)
     per_unit = float((w * alpha * sigma / (alpha**2 * s_b**2 + sigma**2)).mean())
-    assert b.grad_norm == pytest.approx(5.0) and b.q_pull == pytest.approx(0.1)
+    assert b.grad_norm == pytest.approx(5.0) and b.q_push == pytest.approx(0.1)
     assert b.score_pull[0] == pytest.approx(0.0, abs=0.01)
     for d, pull in zip(b.steps[1:], b.score_pull[1:], strict=True):
         assert pull == pytest.approx(per_unit * d, rel=0.05, abs=0.005), d
@@ -284,14 +284,14 @@ def test_regularizer_balance_against_a_gaussian_behavior_by_quadrature(weighting
 def test_regularizer_balance_says_when_the_q_term_wins_everywhere():
     from srpo_cli.extract import Balance
 
-    held = Balance(beta=0.05, grad_norm=1.0, q_pull=0.05, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
+    held = Balance(beta=0.05, grad_norm=1.0, q_push=0.05, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
     assert held.balance_step == pytest.approx(0.1 + 0.1 * 0.02 / 0.04)
     assert "balance about 0.15 off the data" in held.describe()
-    lost = Balance(beta=0.2, grad_norm=4.0, q_pull=0.8, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
+    lost = Balance(beta=0.2, grad_norm=4.0, q_push=0.8, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
     assert lost.balance_step is None
     assert (
         "outweighs the score term at every distance up to 0.2, so the behavior model will not hold" in lost.describe()
     )
     assert "beta about 0.0175 would balance 0.2 off the data" in lost.describe()
     assert Balance(0.0, 1.0, 0.0, (0.0, 0.1), (0.01, 0.02)).balance_step == 0.0
-    assert lost.as_dict()["balance_step"] is None and held.as_dict()["q_pull"] == 0.05
+    assert lost.as_dict()["balance_step"] is None and held.as_dict()["q_push"] == 0.05

@@ -60,8 +60,8 @@ def check_inputs(behavior_ckpt, critic_ckpt, data: Transitions) -> None:
 class Balance:
     """How hard the two terms of the SRPO loss pull an action, on dataset states.
 
-    The actor descends w(t) (eps - z) - beta dQ/da. ``q_pull`` is beta |dQ/da| at the data's actions: the push
-    away from the data. ``score_pull[i]`` is the score term's pull back toward the data at an action
+    The actor descends w(t) (eps - z) - beta dQ/da. ``q_push`` is beta |dQ/da| at the data's actions: the Q
+    term's push away from the data. ``score_pull[i]`` is the score term's pull back toward the data at an action
     ``steps[i]`` (L2) off the data's action along dQ/da: E_t,z[w(t) (eps(alpha_t a + sigma_t z, s, t) - z)] . u.
     Where the push exceeds every pull nothing in the loss holds the actor near the data and it goes where the
     critic points: good where the critic is right off the data (the built-in default dataset), a collapse to
@@ -69,7 +69,7 @@ class Balance:
 
     beta: float
     grad_norm: float
-    q_pull: float
+    q_push: float
     steps: tuple[float, ...]
     score_pull: tuple[float, ...]
 
@@ -78,11 +78,11 @@ class Balance:
         """Distance off the data's action where the score term's pull first matches the Q term's push
         (linear between the measured steps); None beyond the last step measured."""
         pairs = list(zip(self.steps, self.score_pull, strict=True))
-        if pairs[0][1] >= self.q_pull:
+        if pairs[0][1] >= self.q_push:
             return pairs[0][0]
         for (d0, p0), (d1, p1) in zip(pairs, pairs[1:], strict=False):
-            if p1 >= self.q_pull:
-                return d0 + (d1 - d0) * (self.q_pull - p0) / max(p1 - p0, 1e-12)
+            if p1 >= self.q_push:
+                return d0 + (d1 - d0) * (self.q_push - p0) / max(p1 - p0, 1e-12)
         return None
 
     def beta_for_step(self, step: float) -> float:
@@ -94,7 +94,7 @@ class Balance:
         where = " / ".join(f"{d:g}" for d in self.steps)
         text = (
             f"Q term against the behavior regularizer: beta x |dQ/da| = {self.beta:g} x {self.grad_norm:.3f} = "
-            f"{self.q_pull:.3f}; the score term pulls back {pulls} at {where} off the data's actions along dQ/da"
+            f"{self.q_push:.3f}; the score term pulls back {pulls} at {where} off the data's actions along dQ/da"
         )
         step = self.balance_step
         if step is not None:
@@ -103,8 +103,12 @@ class Balance:
             text + f". [yellow]note:[/] the Q term outweighs the score term at every distance up to "
             f"{self.steps[-1]:g}, so the behavior model will not hold the actor near the data: it goes where the "
             "critic points, which pays where the critic is right off the data (the built-in default dataset) and "
-            "collapses where it is not (halfcheetah at the bench presets' budget, BENCHMARKS.md); beta about "
-            f"{self.beta_for_step(0.2):.3g} would balance 0.2 off the data."
+            "collapses where it is not (halfcheetah at the bench presets' budget, BENCHMARKS.md)"
+            + (
+                f"; beta about {self.beta_for_step(0.2):.3g} would balance 0.2 off the data."
+                if 0.2 in self.steps
+                else "."
+            )
         )
 
     def as_dict(self) -> dict[str, Any]:
