@@ -29,6 +29,7 @@ import torch
 
 from srpo_cli.data import denormalize_action, load_transitions, open_local
 from srpo_cli.diffusion import sample_actions
+from srpo_cli.extract import q_gradient
 from srpo_cli.policies import load_actor_policy, load_behavior, load_critic
 
 
@@ -67,8 +68,7 @@ def q_gradient_direction(
     a_k = a.repeat_interleave(k, 0)
     if sigma > 0:
         a_k = a_k + sigma * torch.randn_like(a_k)
-    a_k.requires_grad_(True)
-    (grad,) = torch.autograd.grad(q_target(s.repeat_interleave(k, 0), a_k).mean(0).sum(), a_k)
+    grad, _ = q_gradient(q_target, s.repeat_interleave(k, 0), a_k, "mean", False)
     grad = grad.view(len(s), k, -1).mean(1)
     return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
