@@ -90,6 +90,24 @@ def test_bad_values_are_usage_errors(tmp_path):
         _resolve(tmp_path, file_tree={"threads": -1})
 
 
+def test_an_invalid_value_names_what_it_must_be_and_where_it_was_set(tmp_path):
+    def message(**kw) -> str:
+        with pytest.raises(UsageError) as e:
+            _resolve(tmp_path, **kw)
+        return str(e.value)
+
+    text = message(file_tree={"critic": {"discount": 2}})
+    assert "critic.discount" in text and "between 0 and 1" in text and "srpo.yaml" in text
+    text = message(file_tree={}, environ={"SRPO_EVAL__EPISODES": "0"})
+    assert "positive integer" in text and "SRPO_EVAL__EPISODES" in text
+    # the flag wins over the file, so the flag is the one to fix
+    text = message(file_tree={"extract": {"beta": -1}}, flags={"extract.beta": -2.0})
+    assert "-2.0" in text and "command line" in text and "srpo.yaml" not in text
+    # t_min is judged against t_max; a t_max beyond 1 is named as such
+    assert "below extract.t_max (0.5)" in message(file_tree={"extract": {"t_min": 0.6, "t_max": 0.5}})
+    assert "'extract.t_max'" in message(file_tree={"extract": {"t_max": 1.5}})
+
+
 def test_set_coerces_types():
     values = config.parse_set(["extract.noise_baseline=true", "critic.steps=10", "extract.beta=0.2"])
     assert values == {"extract.noise_baseline": True, "critic.steps": 10, "extract.beta": 0.2}

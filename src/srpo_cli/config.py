@@ -379,12 +379,18 @@ def resolve(
     preset, origin = _preset_in_force(flags, preset, config_path, file_tree, env)
     cfg = RunConfig()
     preset_tree = load_preset(preset) if preset else {}
-    if preset:
-        apply(cfg, flatten(preset_tree, f"preset '{preset}'"))
-    apply(cfg, flatten(file_tree, str(config_path)))
-    apply(cfg, env_values(env))
-    apply(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
-    validate(cfg)
+    # Where each key's value came from, so that an invalid value is reported with the place to fix it.
+    origins: dict[str, str] = {}
+    layers = [
+        (flatten(preset_tree, f"preset '{preset}'") if preset else {}, f"the preset '{preset}'"),
+        (flatten(file_tree, str(config_path)), str(config_path)),
+        (env_values(env), "an SRPO_* environment variable"),
+        ({k: v for k, v in (flags or {}).items() if v is not None}, "the command line"),
+    ]
+    for values, where in layers:
+        apply(cfg, values)
+        origins.update(dict.fromkeys(values, where))
+    validate(cfg, origins)
     note = _preset_mismatch(cfg, preset, origin, preset_tree.get("dataset"))
     if note and warnings is not None:
         warnings.append(note)
@@ -431,35 +437,66 @@ def _preset_mismatch(cfg: RunConfig, name: str | None, origin: str, made_for: st
     )
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
+    """Raise a UsageError naming the first invalid value, what it must be, and where it was set.
+
+    ``origins``: {dotted key: where its value came from}, as ``resolve`` records it; keys not in it hold
+    srpo's own default.
+    """
+    pos, non_neg, unit = "a positive integer", "at least 0", "strictly between 0 and 1"
     checks = [
-        ("behavior.steps", cfg.behavior.steps > 0),
-        ("critic.steps", cfg.critic.steps > 0),
-        ("extract.steps", cfg.extract.steps > 0),
-        ("baseline.steps", cfg.baseline.steps > 0),
-        ("behavior.batch_size", cfg.behavior.batch_size > 0),
-        ("critic.batch_size", cfg.critic.batch_size > 0),
-        ("extract.batch_size", cfg.extract.batch_size > 0),
-        ("baseline.batch_size", cfg.baseline.batch_size > 0),
-        ("critic.n_q", cfg.critic.n_q >= 1),
-        ("critic.expectile", 0.0 < cfg.critic.expectile < 1.0),
-        ("critic.discount", 0.0 <= cfg.critic.discount <= 1.0),
-        ("critic.tau", 0.0 < cfg.critic.tau <= 1.0),
-        ("threads", cfg.threads >= 0),
-        ("extract.beta", cfg.extract.beta >= 0),  # 0: pure behavior regularization (an ablation)
-        ("behavior.t_min", 0.0 < cfg.behavior.t_min < cfg.behavior.t_max <= 1.0),
-        ("behavior.ema_decay", 0.0 <= cfg.behavior.ema_decay < 1.0),
-        ("extract.t_min", 0.0 < cfg.extract.t_min < cfg.extract.t_max <= 1.0),
-        ("eval.episodes", cfg.eval.episodes > 0),
-        ("eval.num_envs", cfg.eval.num_envs > 0),
-        ("eval.candidates", cfg.eval.candidates > 0),
-        ("eval.sampling_steps", cfg.eval.sampling_steps > 0),
+        ("behavior.steps", cfg.behavior.steps > 0, pos),
+        ("critic.steps", cfg.critic.steps > 0, pos),
+        ("extract.steps", cfg.extract.steps > 0, pos),
+        ("baseline.steps", cfg.baseline.steps > 0, pos),
+        ("behavior.batch_size", cfg.behavior.batch_size > 0, pos),
+        ("critic.batch_size", cfg.critic.batch_size > 0, pos),
+        ("extract.batch_size", cfg.extract.batch_size > 0, pos),
+        ("baseline.batch_size", cfg.baseline.batch_size > 0, pos),
+        ("critic.n_q", cfg.critic.n_q >= 1, pos),
+        ("critic.expectile", 0.0 < cfg.critic.expectile < 1.0, unit),
+        ("critic.discount", 0.0 <= cfg.critic.discount <= 1.0, "between 0 and 1"),
+        ("critic.tau", 0.0 < cfg.critic.tau <= 1.0, "in (0, 1]"),
+        ("threads", cfg.threads >= 0, f"{non_neg} (0: torch's default)"),
+        ("extract.beta", cfg.extract.beta >= 0, f"{non_neg} (0: pure behavior regularization, an ablation)"),
+        ("behavior.t_max", 0.0 < cfg.behavior.t_max <= 1.0, "in (0, 1]"),
+        (
+            "behavior.t_min",
+            0.0 < cfg.behavior.t_min < cfg.behavior.t_max,
+            f"above 0 and below behavior.t_max ({cfg.behavior.t_max})",
+        ),
+        ("behavior.ema_decay", 0.0 <= cfg.behavior.ema_decay < 1.0, "in [0, 1) (0: no moving average)"),
+        ("extract.t_max", 0.0 < cfg.extract.t_max <= 1.0, "in (0, 1]"),
+        (
+            "extract.t_min",
+            0.0 < cfg.extract.t_min < cfg.extract.t_max,
+            f"above 0 and below extract.t_max ({cfg.extract.t_max})",
+        ),
+        ("eval.episodes", cfg.eval.episodes > 0, pos),
+        ("eval.num_envs", cfg.eval.num_envs > 0, pos),
+        ("eval.candidates", cfg.eval.candidates > 0, pos),
+        ("eval.sampling_steps", cfg.eval.sampling_steps > 0, pos),
     ]
-    for key, ok in checks:
-        if not ok:
-            sec, _, name = key.rpartition(".")
-            value = getattr(getattr(cfg, sec) if sec else cfg, name)
-            raise UsageError(f"Invalid value {value!r} for '{key}'.", f"({field_info(key).metadata['help']})")
+    origins = origins or {}
+    for key, ok, requirement in checks:
+        if ok:
+            continue
+        sec, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, sec) if sec else cfg, name)
+        where = origins.get(key, "srpo's defaults")
+        if where == "the command line":
+            fix = "give it a valid value on the command line"
+        elif where.startswith("an SRPO_"):
+            fix = f"change or unset SRPO_{key.upper().replace('.', '__')}"
+        elif where.startswith("the preset"):
+            fix = f"override it in srpo.yaml or with --set {key}=VALUE"
+        else:
+            fix = f"edit it in {where} or override it with --set {key}=VALUE"
+        help_text = field_info(key).metadata["help"]
+        raise UsageError(
+            f"Invalid value {value!r} for '{key}' (from {where}): it must be {requirement}.",
+            f"{key}: {help_text}. To fix it, {fix}.",
+        )
 
 
 def write_yaml(cfg: RunConfig, path: Path, preset: str | None = None, pin_all: bool = False) -> None:
