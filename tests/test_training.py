@@ -77,6 +77,29 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, trained, data, name,
     assert len(steps) == len(set(steps))
 
 
+def test_behavior_cosine_schedule_decays_to_zero_and_resumes_exactly(tmp_path, data, default_dataset, device):
+    """behavior.lr_schedule=cosine: the learning rate ends at 0, the weights differ from the constant
+    schedule's, and a run stopped and resumed (the scheduler's state in the state file) ends where one that
+    never stopped does."""
+    from srpo_cli.behavior import BehaviorStage
+
+    cfg = tiny_cfg(default_dataset, **{"behavior.lr_schedule": "cosine"})
+    dev = torch.device(device)
+    stage = BehaviorStage(cfg, data, dev)
+    for _ in range(cfg.behavior.steps):
+        stage.step()
+    assert stage.optimizers["net"].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+    train_behavior(cfg, data, tmp_path / "a", dev, quiet=True)
+    train_behavior(cfg, data, tmp_path / "b", dev, quiet=True, stop_at=13)
+    train_behavior(cfg, data, tmp_path / "b", dev, quiet=True, resume=True)
+    train_behavior(tiny_cfg(default_dataset), data, tmp_path / "c", dev, quiet=True)
+    a, b, c = (_tensors(tmp_path / sub / "behavior.safetensors") for sub in ("a", "b", "c"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_checkpoints_from_the_training_device_load_and_resume_on_the_cpu(tmp_path, trained, data, device):
     """A run trained on --device (cuda with `pytest --device cuda`) must load and resume on a CPU-only
     machine: tensors, optimizer states and RNG states all come back to the CPU."""

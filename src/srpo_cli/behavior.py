@@ -36,6 +36,9 @@ class BehaviorStage(Stage):
         self.optimizers = {
             "net": torch.optim.AdamW(self.net.parameters(), **optim_kwargs(c.lr, device, weight_decay=c.weight_decay))
         }
+        if c.lr_schedule == "cosine":
+            opt = self.optimizers["net"]
+            self.schedulers = {"net": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.steps, eta_min=0.0)}
         self.forward = CompiledOrEager(self.net, "the behavior net") if c.compile else self.net
         self.autocast = c.bf16
         self.ema_params: list[torch.Tensor] = []
@@ -57,6 +60,8 @@ class BehaviorStage(Stage):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt)
+        if self.schedulers:
+            self.schedulers["net"].step()
         if self.ema_params:
             # ema <- decay * ema + (1 - decay) * net, all parameters in one foreach call. Without no_grad,
             # autograd records the in-place lerp (the net's weights require grad) and the average becomes the

@@ -40,7 +40,13 @@ class BehaviorConfig:
 
     steps: int = _f(2_000_000, "gradient steps (paper budget 2M)")
     batch_size: int = _f(2048, "state-action pairs per step")
-    lr: float = _f(3e-4, "AdamW learning rate (constant, no schedule)")
+    lr: float = _f(3e-4, "AdamW learning rate")
+    lr_schedule: str = _f(
+        "constant",
+        "constant (the reference), or cosine decay to 0 over behavior.steps (a short CPU budget ends at a "
+        "lower loss; continuing a finished cosine run with more steps restarts from a small learning rate)",
+        ("constant", "cosine"),
+    )
     weight_decay: float = _f(0.01, "AdamW weight decay")
     ema_decay: float = _f(
         0.0,
