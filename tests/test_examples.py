@@ -163,6 +163,15 @@ def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):
     for name in ("dataset actions", "behavior samples (15 steps)", str(run / "bc.safetensors")):
         assert re.search(rf"  {re.escape(name)} +Q +-?[0-9.]+  dist [0-9.]+  saturated [0-9.]+", out), name
 
+    # behavior models compared on the same draws: the same model twice gives the same row, to the digit
+    compare = load_example("behavior_loss")
+    behavior = str(run / "behavior.safetensors")
+    compare.main(["--dataset", "test/hopper/random-v0", "--models", behavior, behavior, "--samples", "64"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(f"| {behavior} |")]
+    assert len(rows) == 2 and rows[0] == rows[1]
+    values = [float(v) for v in rows[0].split("|")[2:-1]]
+    assert len(values) == len(compare.T_GRID) + 1 and all(0 < v < 100 for v in values)
+
 
 def test_critic_rollouts_smoothed_gradient_direction():
     """The smoothed critic's slope: a unit vector per state, the raw gradient's as sigma -> 0 (a ReLU net is
