@@ -66,7 +66,7 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     run = workdir / "runs" / "srpo-pendulum-scripted-medium-v0" / "seed0"
     assert (run / "behavior.safetensors").exists() and (run / "metrics" / "behavior.csv").exists()
     assert srpo("pretrain-critic", *steps, *TINY).exit_code == 0
-    r = srpo("extract", "--beta", "0.05", *steps, *TINY, "--json")
+    r = srpo("extract", "--beta", "0.05", *steps, "--keep-every", "6", *TINY, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["step"] == 12 and summary["balance"]["beta"] == 0.05
@@ -80,6 +80,14 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     payload = json.loads(r.stdout)
     s = payload["runs"][0]
     assert s["episodes"] == 2 and "score_mean" in s and s["score_scale"].startswith("0-100")
+    # the actors kept during extraction, evaluated afterwards: the last is the final actor, scored alike
+    r = srpo("eval", "--curve", "--episodes", "2", "--threads", "1", "--json", *TINY)
+    assert r.exit_code == 0, r.output
+    points = json.loads(r.stdout)["curves"][0]["points"]
+    assert [p["step"] for p in points] == [6, 12] and points[-1]["return_mean"] == s["return_mean"]
+    assert (run / "metrics" / "eval-srpo.csv").read_text().splitlines()[0] == "step,eval_return,eval_score"
+    r = srpo("eval", "--curve", "--policy", "awr", *TINY)
+    assert r.exit_code == 2 and "--keep-every" in r.output and "Traceback" not in r.output
     r = srpo("eval", "--episodes", "2", "--policy", "diffusion", "--candidates", "2", "--sampling-steps", "2", *TINY)
     assert r.exit_code == 0, r.output
     for kind in ("awr", "bc"):
@@ -96,7 +104,7 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     assert r.exit_code == 0 and (workdir / "actor.pt").exists()
     r = srpo("plot", str(run))
     assert r.exit_code == 0, r.output
-    assert (run / "plots" / "extract.png").exists()
+    assert (run / "plots" / "extract.png").exists() and (run / "plots" / "eval-srpo.png").exists()
     # a second seed, then aggregation over seeds
     for cmd in ("pretrain-behavior", "pretrain-critic", "extract"):
         assert srpo(cmd, "--seed", "1", *steps, *TINY).exit_code == 0

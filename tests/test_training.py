@@ -100,6 +100,40 @@ def test_behavior_cosine_schedule_decays_to_zero_and_resumes_exactly(tmp_path, d
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_kept_actors_resume_and_a_forced_run_replaces_them(tmp_path, trained, data, device):
+    """extract.keep_every keeps the actor at every N steps and at the end (the last is actor.safetensors); a
+    run stopped and resumed keeps the same files with the same weights; a run started over with --force
+    leaves none of the old run's beside its own."""
+    from srpo_cli.training import kept_files
+
+    run, cfg, _ = trained
+    cfg = tiny_cfg(cfg.dataset, **{"extract.keep_every": 10})
+    dev = torch.device(device)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        for dep in ("behavior.safetensors", "critic.safetensors"):
+            shutil.copy(run / dep, tmp_path / sub / dep)
+    train_actor(cfg, data, tmp_path / "a", dev, quiet=True)
+    kept_a = kept_files(tmp_path / "a" / "actor.safetensors")
+    assert [s for s, _ in kept_a] == [10, 20, 30]
+    assert _tensors(kept_a[-1][1]).keys() == _tensors(tmp_path / "a" / "actor.safetensors").keys()
+    assert all(
+        torch.equal(v, _tensors(tmp_path / "a" / "actor.safetensors")[k]) for k, v in _tensors(kept_a[-1][1]).items()
+    )
+    cfg_b = tiny_cfg(cfg.dataset, **{"extract.keep_every": 10, "extract.ckpt_every": 10})
+    train_actor(cfg_b, data, tmp_path / "b", dev, quiet=True, stop_at=15)  # checkpoint at 10, stopped at 15
+    assert [s for s, _ in kept_files(tmp_path / "b" / "actor.safetensors")] == [10]
+    train_actor(cfg_b, data, tmp_path / "b", dev, quiet=True, resume=True)
+    kept_b = kept_files(tmp_path / "b" / "actor.safetensors")
+    assert [s for s, _ in kept_b] == [10, 20, 30]
+    for (_, pa), (_, pb) in zip(kept_a, kept_b, strict=True):
+        ta, tb = _tensors(pa), _tensors(pb)
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    # started over (what --force does after the CLI's check): only the new run's kept actors remain
+    train_actor(tiny_cfg(cfg.dataset, **{"extract.keep_every": 15}), data, tmp_path / "b", dev, quiet=True)
+    assert [s for s, _ in kept_files(tmp_path / "b" / "actor.safetensors")] == [15, 30]
+
+
 def test_checkpoints_from_the_training_device_load_and_resume_on_the_cpu(tmp_path, trained, data, device):
     """A run trained on --device (cuda with `pytest --device cuda`) must load and resume on a CPU-only
     machine: tensors, optimizer states and RNG states all come back to the CPU."""

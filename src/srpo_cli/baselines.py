@@ -87,4 +87,5 @@ def train_baseline(
         ckpt_every=c.ckpt_every,
         quiet=quiet,
         stop_at=stop_at,
+        keep_every=c.keep_every,
     )

@@ -102,6 +102,10 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda|m
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Training seed.")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Gradient steps of this stage.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size of this stage.")]
+KeepOpt = Annotated[
+    int | None,
+    typer.Option("--keep-every", help="Keep a copy of the policy every N steps in actors/ (for eval --curve)."),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this stage.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite this stage's existing checkpoint.")]
 SetOpt = Annotated[
@@ -320,6 +324,7 @@ def extract(
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every", help="Evaluate every N steps (0: never).")] = None,
+    keep_every: KeepOpt = None,
     bf16: Annotated[
         bool | None, typer.Option("--bf16/--no-bf16", help="bf16 autocast on the frozen behavior net.")
     ] = None,
@@ -341,6 +346,7 @@ def extract(
         "extract.steps": steps,
         "extract.batch_size": batch_size,
         "extract.eval_every": eval_every,
+        "extract.keep_every": keep_every,
         "extract.bf16_behavior": bf16,
     }
     _run_stage("extract", _config(preset, flags, set_), resume, force, quiet, as_json)
@@ -357,6 +363,7 @@ def train_baseline_cmd(
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
+    keep_every: KeepOpt = None,
     threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
@@ -375,6 +382,7 @@ def train_baseline_cmd(
         "seed": seed,
         "baseline.steps": steps,
         "baseline.batch_size": batch_size,
+        "baseline.keep_every": keep_every,
     }
     _run_stage("baseline", _config(preset, flags, set_), resume, force, quiet, as_json, kind=kind)
 
@@ -596,6 +604,13 @@ def eval_cmd(
     ] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Parallel environments.")] = None,
     eval_seed: Annotated[int | None, typer.Option("--eval-seed", help="Seed of the evaluation episodes.")] = None,
+    curve: Annotated[
+        bool,
+        typer.Option(
+            "--curve",
+            help="Evaluate every policy kept during training (--keep-every) and write metrics/eval-POLICY.csv.",
+        ),
+    ] = False,
     dataset: DatasetOpt = None,
     run: RunOpt = None,
     preset: PresetOpt = None,
@@ -624,6 +639,9 @@ def eval_cmd(
         "threads": threads,
     }
     cfg = _config(preset, flags, set_)
+    if curve:
+        _eval_curves(cfg, _run_dirs(cfg, seeds, runs), policy, as_json)
+        return
     results = []
     for run_dir in _run_dirs(cfg, seeds, runs):
         res = evaluate_run(cfg, Path(run_dir), policy)
@@ -637,6 +655,37 @@ def eval_cmd(
         out.print_json(json.dumps(payload))
         return
     _eval_table(summaries, payload.get("aggregate"))
+
+
+def _eval_curves(cfg, run_dirs: list[Path], policy: str, as_json: bool) -> None:
+    """``eval --curve``: each run's kept policies in step order, one table (or JSON) of them all."""
+    from .runner import evaluate_curve
+
+    curves = []
+    for run_dir in run_dirs:
+
+        def progress(step: int, res, run_dir=run_dir) -> None:
+            err.print(f"{run_dir} step {step}: return {res.returns.mean():.1f}", style="dim", highlight=False)
+
+        points = evaluate_curve(cfg, Path(run_dir), policy, on_point=progress)
+        curves.append(
+            {"run": str(run_dir), "policy": policy, "points": [dict(step=s, **r.summary()) for s, r in points]}
+        )
+        err.print(f"wrote {Path(run_dir) / 'metrics' / f'eval-{policy}.csv'}", style="dim", highlight=False)
+    if as_json:
+        out.print_json(json.dumps({"curves": curves}))
+        return
+    has_score = all("score_mean" in p for c in curves for p in c["points"])
+    t = Table(title=f"{policy} over training", caption="score: normalized, 0-100 scale" if has_score else None)
+    for col in ["run", "step", "return"] + (["score"] if has_score else []) + ["episodes"]:
+        t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+    for c in curves:
+        for p in c["points"]:
+            row = [c["run"], f"{p['step']:,}", f"{p['return_mean']:.1f} ± {p['return_std']:.1f}"]
+            if has_score:
+                row.append(f"{p['score_mean']:.1f} ± {p['score_std']:.1f}")
+            t.add_row(*row, str(p["episodes"]))
+    print_uncut(t)
 
 
 def _eval_table(summaries: list[dict], aggregate: dict | None) -> None:

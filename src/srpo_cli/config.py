@@ -140,6 +140,11 @@ class ExtractConfig:
     )
     eval_every: int = _f(0, "evaluate the actor every N steps (0: never) and log the score")
     eval_episodes: int = _f(5, "episodes per intermediate evaluation")
+    keep_every: int = _f(
+        0,
+        "keep a copy of the actor every N steps (0: none) as actors/actor-STEP.safetensors in the run directory, "
+        "for 'srpo eval --curve' after training (more episodes, another machine, no pause in training)",
+    )
     log_every: int = _f(500, "steps between metric rows / progress updates")
     ckpt_every: int = _f(100_000, "steps between periodic checkpoints")
 
@@ -155,6 +160,9 @@ class BaselineConfig:
     n_layers: int = _f(2, "policy hidden layers")
     temperature: float = _f(3.0, "AWR weight exp(temperature * (min Q_target - V)) (antmaze: 10)")
     max_weight: float = _f(100.0, "AWR weights are clamped at this value")
+    keep_every: int = _f(
+        0, "keep a copy of the policy every N steps (0: none) as actors/awr-STEP.safetensors (or bc-STEP)"
+    )
     log_every: int = _f(500, "steps between metric rows / progress updates")
     ckpt_every: int = _f(100_000, "steps between periodic checkpoints")
 
@@ -478,6 +486,8 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
             0.0 < cfg.extract.t_min < cfg.extract.t_max,
             f"above 0 and below extract.t_max ({cfg.extract.t_max})",
         ),
+        ("extract.keep_every", cfg.extract.keep_every >= 0, f"{non_neg} (0: keep no intermediate actors)"),
+        ("baseline.keep_every", cfg.baseline.keep_every >= 0, f"{non_neg} (0: keep no intermediate policies)"),
         ("eval.episodes", cfg.eval.episodes > 0, pos),
         ("eval.num_envs", cfg.eval.num_envs > 0, pos),
         ("eval.candidates", cfg.eval.candidates > 0, pos),

@@ -384,5 +384,6 @@ def train_actor(
         quiet=quiet,
         stop_at=stop_at,
         hooks=hooks,
+        keep_every=c.keep_every,
     )
     return {**summary, "balance": balance.as_dict()}

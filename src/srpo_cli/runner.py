@@ -19,7 +19,7 @@ from .config import RunConfig
 from .errors import Interrupted, UsageError
 from .evaluate import EvalResult, evaluate, latency, make_env_fn
 from .policies import DiffusionPolicy, NumpyActor, action_bounds, actor_module, load_behavior, load_critic
-from .training import resolve_device
+from .training import kept_files, resolve_device
 
 POLICY_FILES = {"srpo": "actor.safetensors", "awr": "awr.safetensors", "bc": "bc.safetensors"}
 
@@ -52,8 +52,16 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo") -> EvalRes
     """Evaluate one run directory's policy and record per-episode returns in ``run_dir/eval.json``."""
     if policy == "diffusion":
         pol, ckpt = _diffusion_policy(cfg, run_dir, resolve_device(cfg.device))
+        res = _evaluate(cfg, pol, ckpt)
     else:
-        ckpt = load_checkpoint(run_dir / policy_file(policy))
+        res = _evaluate(cfg, None, load_checkpoint(run_dir / policy_file(policy)))
+    record_eval(run_dir, policy, res, cfg)
+    return res
+
+
+def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
+    """``pol`` (None: the actor in ``ckpt``) on the environment and reference scores ``ckpt`` records."""
+    if pol is None:
         low, high = action_bounds(ckpt)
         pol = NumpyActor.from_module(actor_module(ckpt), low, high)
     extra = ckpt.meta["extra"]
@@ -68,8 +76,45 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo") -> EvalRes
         extra.get("ref_max_score"),
     )
     res.extra["dataset_mean_return"] = extra.get("dataset_mean_return")
-    record_eval(run_dir, policy, res, cfg)
     return res
+
+
+def evaluate_curve(
+    cfg: RunConfig, run_dir: Path, policy: str = "srpo", on_point: Callable[[int, EvalResult], None] | None = None
+) -> list[tuple[int, EvalResult]]:
+    """Evaluate every policy the run kept during training (``extract.keep_every``, ``baseline.keep_every``), in
+    step order, and write the curve to ``run_dir/metrics/eval-POLICY.csv`` (replaced: it is a measurement of
+    the finished run, not a log), which ``srpo plot`` draws beside the training metrics."""
+    if policy == "diffusion":
+        raise UsageError(
+            "--curve evaluates the policies kept during training; the diffusion baseline has none.",
+            "Use --policy srpo, awr or bc.",
+        )
+    ckpt_path = Path(run_dir) / policy_file(policy)
+    kept = kept_files(ckpt_path)
+    if not kept:
+        key = "extract.keep_every" if policy == "srpo" else "baseline.keep_every"
+        raise UsageError(
+            f"{run_dir} has no kept {policy} policies ({ckpt_path.parent / 'actors'} has no "
+            f"{ckpt_path.name.split('.')[0]}-STEP.safetensors files).",
+            f"Train with --set {key}=N (or --keep-every N) to keep a copy every N steps, then run this again.",
+        )
+    points = []
+    for step, path in kept:
+        res = _evaluate(cfg, None, load_checkpoint(path))
+        points.append((step, res))
+        if on_point is not None:
+            on_point(step, res)
+    header = ["step", "eval_return"] + (["eval_score"] if points[0][1].has_ref else [])
+    lines = [",".join(header)]
+    for step, res in points:
+        row = [str(step), f"{res.returns.mean():.6g}"]
+        if res.has_ref:
+            row.append(f"{res.normalized(res.returns.mean()):.6g}")
+        lines.append(",".join(row))
+    out = Path(run_dir) / "metrics" / f"eval-{policy}.csv"
+    atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return points
 
 
 def record_eval(run_dir: Path, policy: str, res: EvalResult, cfg: RunConfig) -> None:

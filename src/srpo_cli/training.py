@@ -235,8 +235,6 @@ class Stage:
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, path: Path, step: int) -> None:
-        modules = {k: m.state_dict() for k, m in self.modules.items()}
-        modules.update(self.extra_tensors())
         state = {
             "step": step,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -249,6 +247,12 @@ class Stage:
         }
         # State first, weights second: a crash between the two leaves a newer state that resume detects.
         save_train_state(state_path(path), state)
+        self.save_weights(path, step)
+
+    def save_weights(self, path: Path, step: int) -> None:
+        """The checkpoint alone (no training state): what downstream stages, eval and export read."""
+        modules = {k: m.state_dict() for k, m in self.modules.items()}
+        modules.update(self.extra_tensors())
         save_checkpoint(
             path,
             self.ckpt_stage,
@@ -313,6 +317,23 @@ class Stage:
 
 def state_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name.replace(".safetensors", "") + ".state.pt")
+
+
+def kept_path(ckpt: Path, step: int) -> Path:
+    """Where ``fit(keep_every=...)`` keeps the weights of ``step``: ``actors/actor-00010000.safetensors`` beside
+    ``actor.safetensors`` (zero-padded, so that names sort by step)."""
+    return ckpt.parent / "actors" / f"{ckpt.name.split('.')[0]}-{step:08d}.safetensors"
+
+
+def kept_files(ckpt: Path) -> list[tuple[int, Path]]:
+    """[(step, path)] of the weights ``fit(keep_every=...)`` kept beside ``ckpt``, by step."""
+    stem = ckpt.name.split(".")[0]
+    found = []
+    for p in (ckpt.parent / "actors").glob(f"{stem}-*.safetensors"):
+        tail = p.name[len(stem) + 1 : -len(".safetensors")]
+        if tail.isdigit():
+            found.append((int(tail), p))
+    return sorted(found)
 
 
 def _format_losses(values: dict[str, float]) -> str:
@@ -384,12 +405,21 @@ def fit(
     quiet: bool = False,
     stop_at: int | None = None,
     hooks: list[tuple[int, Callable[[int], dict[str, float]]]] | None = None,
+    keep_every: int = 0,
 ) -> dict[str, Any]:
-    """Train ``stage`` to ``total_steps``, checkpointing atomically. Returns a summary."""
+    """Train ``stage`` to ``total_steps``, checkpointing atomically. Returns a summary.
+
+    ``keep_every``: also write the weights every N steps (and at the end) to ``kept_path(ckpt_path, step)``,
+    files that no later step overwrites, for evaluating the policy over training afterwards."""
     start = stage.load(ckpt_path) if resume else 0
     if start > total_steps:
         raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
     metrics = MetricsCSV(ckpt_path.parent / "metrics" / f"{stage.name}.csv", start if resume else None)
+    # Kept weights beyond the starting step belong to a run being replaced (--force) or to the stretch after
+    # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve.
+    for old in kept_files(ckpt_path):
+        if old[0] > start:
+            old[1].unlink()
     end = total_steps if stop_at is None else min(stop_at, total_steps)
     hooks = hooks or []
     log_every = max(1, log_every)
@@ -472,6 +502,8 @@ def fit(
                         metrics.write({"step": step, "wall_s": round(time.perf_counter() - t0, 3), **extra})
                         if not quiet:
                             progress.console.print(f"{stage.name} step {step}: {_format_losses(extra)}")
+                if keep_every > 0 and (step % keep_every == 0 or step == total_steps):
+                    stage.save_weights(kept_path(ckpt_path, step), step)
                 if step % ckpt_every == 0 and step != end:
                     flush(step)
                     stage.save(ckpt_path, step)
