@@ -73,6 +73,7 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     assert "Q term against the behavior regularizer" in r.output  # measured and said before the long part
     r = srpo("eval", "--episodes", "2", *TINY)
     assert r.exit_code == 0, r.output
+    assert f"{run.relative_to(workdir)}: return" in r.output  # the per-run progress line (stderr)
     assert "0-100" in r.stdout and "return" in r.stdout
     ev = json.loads((run / "eval.json").read_text())
     assert len(ev["srpo"]["returns"]) == 2
@@ -81,8 +82,9 @@ def test_full_pipeline_through_the_cli(workdir, default_dataset):
     s = payload["runs"][0]
     assert s["episodes"] == 2 and "score_mean" in s and s["score_scale"].startswith("0-100")
     # the actors kept during extraction, evaluated afterwards: the last is the final actor, scored alike
-    r = srpo("eval", "--curve", "--episodes", "2", "--threads", "1", "--json", *TINY)
+    r = srpo("eval", "--curve", "--episodes", "2", "--threads", "1", "--json", "--quiet", *TINY)
     assert r.exit_code == 0, r.output
+    assert "step 6: return" not in r.output  # --quiet: no progress lines
     points = json.loads(r.stdout)["curves"][0]["points"]
     assert [p["step"] for p in points] == [6, 12] and points[-1]["return_mean"] == s["return_mean"]
     assert (run / "metrics" / "eval-srpo.csv").read_text().splitlines()[0] == "step,eval_return,eval_score"

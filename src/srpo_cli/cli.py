@@ -618,6 +618,7 @@ def eval_cmd(
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-run progress lines on stderr.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a trained policy; prints return and the 0-100 normalized score, writes eval.json."""
@@ -640,13 +641,14 @@ def eval_cmd(
     }
     cfg = _config(preset, flags, set_)
     if curve:
-        _eval_curves(cfg, _run_dirs(cfg, seeds, runs), policy, as_json)
+        _eval_curves(cfg, _run_dirs(cfg, seeds, runs), policy, as_json, quiet)
         return
     results = []
     for run_dir in _run_dirs(cfg, seeds, runs):
         res = evaluate_run(cfg, Path(run_dir), policy)
         results.append((run_dir, res))
-        err.print(f"{run_dir}: return {res.returns.mean():.1f}", style="dim", highlight=False)
+        if not quiet:
+            err.print(f"{run_dir}: return {res.returns.mean():.1f}", style="dim", highlight=False)
     summaries = [dict(run=str(r), policy=policy, **res.summary()) for r, res in results]
     payload: dict[str, Any] = {"runs": summaries}
     if len(results) > 1:
@@ -657,7 +659,7 @@ def eval_cmd(
     _eval_table(summaries, payload.get("aggregate"))
 
 
-def _eval_curves(cfg, run_dirs: list[Path], policy: str, as_json: bool) -> None:
+def _eval_curves(cfg, run_dirs: list[Path], policy: str, as_json: bool, quiet: bool = False) -> None:
     """``eval --curve``: each run's kept policies in step order, one table (or JSON) of them all."""
     from .runner import evaluate_curve
 
@@ -665,13 +667,15 @@ def _eval_curves(cfg, run_dirs: list[Path], policy: str, as_json: bool) -> None:
     for run_dir in run_dirs:
 
         def progress(step: int, res, run_dir=run_dir) -> None:
-            err.print(f"{run_dir} step {step}: return {res.returns.mean():.1f}", style="dim", highlight=False)
+            if not quiet:
+                err.print(f"{run_dir} step {step}: return {res.returns.mean():.1f}", style="dim", highlight=False)
 
         points = evaluate_curve(cfg, Path(run_dir), policy, on_point=progress)
         curves.append(
             {"run": str(run_dir), "policy": policy, "points": [dict(step=s, **r.summary()) for s, r in points]}
         )
-        err.print(f"wrote {Path(run_dir) / 'metrics' / f'eval-{policy}.csv'}", style="dim", highlight=False)
+        if not quiet:
+            err.print(f"wrote {Path(run_dir) / 'metrics' / f'eval-{policy}.csv'}", style="dim", highlight=False)
     if as_json:
         out.print_json(json.dumps({"curves": curves}))
         return
