@@ -54,16 +54,19 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo") -> EvalRes
         pol, ckpt = _diffusion_policy(cfg, run_dir, resolve_device(cfg.device))
         res = _evaluate(cfg, pol, ckpt)
     else:
-        res = _evaluate(cfg, None, load_checkpoint(run_dir / policy_file(policy)))
+        res = _evaluate_actor(cfg, load_checkpoint(run_dir / policy_file(policy)))
     record_eval(run_dir, policy, res, cfg)
     return res
 
 
+def _evaluate_actor(cfg: RunConfig, ckpt: Checkpoint) -> EvalResult:
+    """The actor (SRPO, AWR or BC) in ``ckpt``, through the fast path eval acts with."""
+    low, high = action_bounds(ckpt)
+    return _evaluate(cfg, NumpyActor.from_module(actor_module(ckpt), low, high), ckpt)
+
+
 def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
-    """``pol`` (None: the actor in ``ckpt``) on the environment and reference scores ``ckpt`` records."""
-    if pol is None:
-        low, high = action_bounds(ckpt)
-        pol = NumpyActor.from_module(actor_module(ckpt), low, high)
+    """``pol`` on the environment and reference scores that ``ckpt`` records."""
     extra = ckpt.meta["extra"]
     env_fn = make_env_fn(extra.get("eval_env_spec"), ckpt.meta["dataset_id"])
     res = evaluate(
@@ -96,12 +99,12 @@ def evaluate_curve(
         key = "extract.keep_every" if policy == "srpo" else "baseline.keep_every"
         raise UsageError(
             f"{run_dir} has no kept {policy} policies ({ckpt_path.parent / 'actors'} has no "
-            f"{ckpt_path.name.split('.')[0]}-STEP.safetensors files).",
+            f"{ckpt_path.stem}-STEP.safetensors files).",
             f"Train with --set {key}=N (or --keep-every N) to keep a copy every N steps, then run this again.",
         )
     points = []
     for step, path in kept:
-        res = _evaluate(cfg, None, load_checkpoint(path))
+        res = _evaluate_actor(cfg, load_checkpoint(path))
         points.append((step, res))
         if on_point is not None:
             on_point(step, res)

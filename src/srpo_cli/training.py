@@ -322,15 +322,14 @@ def state_path(ckpt: Path) -> Path:
 def kept_path(ckpt: Path, step: int) -> Path:
     """Where ``fit(keep_every=...)`` keeps the weights of ``step``: ``actors/actor-00010000.safetensors`` beside
     ``actor.safetensors`` (zero-padded, so that names sort by step)."""
-    return ckpt.parent / "actors" / f"{ckpt.name.split('.')[0]}-{step:08d}.safetensors"
+    return ckpt.parent / "actors" / f"{ckpt.stem}-{step:08d}.safetensors"
 
 
 def kept_files(ckpt: Path) -> list[tuple[int, Path]]:
     """[(step, path)] of the weights ``fit(keep_every=...)`` kept beside ``ckpt``, by step."""
-    stem = ckpt.name.split(".")[0]
     found = []
-    for p in (ckpt.parent / "actors").glob(f"{stem}-*.safetensors"):
-        tail = p.name[len(stem) + 1 : -len(".safetensors")]
+    for p in (ckpt.parent / "actors").glob(f"{ckpt.stem}-*.safetensors"):
+        tail = p.stem[len(ckpt.stem) + 1 :]
         if tail.isdigit():
             found.append((int(tail), p))
     return sorted(found)
