@@ -149,3 +149,36 @@ def test_d4rl_import_bad_inputs_leave_nothing(tmp_path, minari_store):
     with pytest.raises(RuntimeFailure, match="NoSuchEnv-v0"):
         import_d4rl(good, "NoSuchEnv-v0", "d4rl/x/z-v0")
     assert sorted(p.name for p in minari_store.rglob("*")) == before
+
+
+def test_dict_observations_are_flattened_as_evaluation_flattens_them(tmp_path):
+    """A goal-conditioned dataset (Dict observations, like Minari's antmaze): the networks see one vector per
+    step, its entries in the observation space's key order, and the evaluation environment hands the policy
+    the same vector for the same state. The entries sort the other way round from how the env builds them."""
+    from goal_env import register
+
+    from srpo_cli.datasets import collect
+    from srpo_cli.evaluate import make_env_fn
+
+    env_id = register()
+    dataset_id, _ = collect(env_id, "test/goal/random-v0", "random", steps=60, seed=0)
+    data = load_transitions(dataset_id)
+    assert data.obs_dim == 3 and data.size == 60
+    raw = gym_env(env_id)
+    first, _ = raw.reset(seed=0)  # collect's first episode starts from reset(seed=seed * 100003 + 0)
+    expected = np.concatenate([first["a_velocity"], first["z_angle"]])  # the space's (sorted) key order
+    np.testing.assert_allclose(data.observations[0].numpy(), expected, rtol=1e-6)
+    # T+1 alignment holds for the flattened vectors too
+    np.testing.assert_array_equal(data.next_observations[0].numpy(), data.observations[1].numpy())
+
+    env = make_env_fn(data.info["eval_env_spec"], dataset_id, data.info["observation_space"])()
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.shape == (3,)
+    np.testing.assert_allclose(obs, expected, rtol=1e-6)
+    env.close()
+
+
+def gym_env(env_id):
+    import gymnasium as gym
+
+    return gym.make(env_id)

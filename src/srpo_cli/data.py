@@ -96,15 +96,47 @@ def open_local(dataset_id: str):
         ) from None
 
 
-def episodes_to_arrays(episodes) -> dict[str, np.ndarray]:
-    """Align Minari's T+1 observations: obs = o[:-1], next_obs = o[1:], per episode, then concatenate."""
+def flatten_observations(obs: Any, space: Any) -> np.ndarray:
+    """A batch of observations [T, ...] of ``space`` -> [T, flatdim] float32, in the order in which gymnasium's
+    ``spaces.flatten`` (and so the ``FlattenObservation`` wrapper that evaluation puts on such an environment)
+    lays out one observation: a Box's values row-major, a Dict's entries in the space's key order, a Tuple's in
+    its order. That is how goal-conditioned datasets (Minari's antmaze and pointmaze: observation,
+    achieved_goal, desired_goal) reach the networks as one vector, the same at training and at evaluation."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        o = np.asarray(obs, dtype=np.float32)
+        return o.reshape(len(o), -1)
+    if isinstance(space, spaces.Dict):
+        missing = [k for k in space.spaces if k not in obs]
+        if missing:
+            raise RuntimeFailure(f"Episode observations lack the entries {missing} of the dataset's observation space.")
+        parts = [flatten_observations(obs[k], sub) for k, sub in space.spaces.items()]
+    elif isinstance(space, spaces.Tuple):
+        parts = [flatten_observations(o, sub) for o, sub in zip(obs, space.spaces, strict=True)]
+    else:
+        raise UsageError(
+            f"srpo handles Box observations, and Dict or Tuple spaces of them; this dataset's are {space}.",
+            "Convert the observations to vectors of numbers before importing the dataset.",
+        )
+    if len({len(p) for p in parts}) != 1:
+        raise RuntimeFailure("The entries of an episode's observations have different lengths.")
+    return np.concatenate(parts, axis=1)
+
+
+def episodes_to_arrays(episodes, observation_space: Any = None) -> dict[str, np.ndarray]:
+    """Align Minari's T+1 observations: obs = o[:-1], next_obs = o[1:], per episode, then concatenate.
+    ``observation_space``: the dataset's; Dict and Tuple observations are flattened by it."""
     obs, nxt, act, rew, term, returns, lengths = [], [], [], [], [], [], []
     for ep in episodes:
-        o = np.asarray(ep.observations)
+        if isinstance(ep.observations, dict | tuple) and observation_space is not None:
+            o = flatten_observations(ep.observations, observation_space)
+        else:
+            o = np.asarray(ep.observations)
         if o.dtype == object or o.ndim != 2:
             raise UsageError(
-                "srpo handles flat Box observations only; this dataset's observations are "
-                f"{type(ep.observations).__name__} of shape {getattr(o, 'shape', '?')}."
+                "srpo handles Box observations (and Dict or Tuple spaces of them); this dataset's observations "
+                f"are {type(ep.observations).__name__} of shape {getattr(o, 'shape', '?')}."
             )
         a = np.asarray(ep.actions, dtype=np.float32).reshape(len(ep.actions), -1)
         r = np.asarray(ep.rewards, dtype=np.float64)
@@ -148,7 +180,7 @@ def load_transitions(
 ) -> Transitions:
     """Read every episode of a local Minari dataset into tensors on ``device``."""
     ds = open_local(dataset_id)
-    arrays = episodes_to_arrays(ds.iterate_episodes())
+    arrays = episodes_to_arrays(ds.iterate_episodes(), ds.observation_space)
     _check_finite(arrays, dataset_id)
     low, high = action_bounds(ds.action_space, arrays["actions"].shape[1], normalize_actions)
     actions = normalize_action(arrays["actions"], low, high)
@@ -166,8 +198,21 @@ def load_transitions(
         action_high=high,
         ref_min_score=_float_or_none(meta.get("ref_min_score")),
         ref_max_score=_float_or_none(meta.get("ref_max_score")),
-        info={"episodes": len(arrays["episode_returns"]), "eval_env_spec": spec_json},
+        info={
+            "episodes": len(arrays["episode_returns"]),
+            "eval_env_spec": spec_json,
+            "observation_space": _serialized_unless_box(ds.observation_space),
+        },
     )
+
+
+def _serialized_unless_box(space: Any) -> str | None:
+    """The observation space as Minari serializes it, for evaluation to flatten the environment's observations
+    the same way (``evaluate.make_env_fn``); None for a Box, whose observations need no flattening."""
+    from gymnasium import spaces
+    from minari.serialization import serialize_space
+
+    return None if isinstance(space, spaces.Box) else serialize_space(space)
 
 
 def _float_or_none(x: Any) -> float | None:

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +113,16 @@ def pendulum_controller(obs: np.ndarray) -> np.ndarray:
     return np.where(c > 0.85, balance, pump).astype(np.float32).reshape(-1)
 
 
+def _stack_observations(obs: list) -> Any:
+    """One episode's observations as Minari stores them: an array [T+1, ...], or for Dict (and Tuple)
+    observations the same structure with an array per entry."""
+    if isinstance(obs[0], dict):
+        return {k: _stack_observations([o[k] for o in obs]) for k in obs[0]}
+    if isinstance(obs[0], tuple):
+        return tuple(_stack_observations([o[i] for o in obs]) for i in range(len(obs[0])))
+    return np.asarray(obs)
+
+
 def rollout_buffers(
     env_id: str,
     policy: Callable[[np.ndarray, np.random.Generator], np.ndarray],
@@ -150,7 +161,7 @@ def rollout_buffers(
             EpisodeBuffer(
                 id=ep,
                 seed=ep_seed,
-                observations=np.asarray(ep_obs),
+                observations=_stack_observations(ep_obs),
                 actions=np.asarray(ep_act),
                 rewards=np.asarray(ep_rew, dtype=np.float64),
                 terminations=np.asarray(ep_term),
@@ -375,9 +386,15 @@ def collect(
         from .policies import load_actor_policy
 
         actor = load_actor_policy(Path(policy))
+        obs_space = None
 
         def act(obs, rng):
-            a = actor.act_normalized(np.asarray(obs, dtype=np.float32)[None])[0]
+            nonlocal obs_space
+            if obs_space is None:  # made here, after rollout_buffers has checked that the env can be made
+                obs_space = gym.make(env_id).observation_space
+            # Dict observations (goal-conditioned tasks) reach the actor flattened, as in training
+            flat = obs if isinstance(obs_space, gym.spaces.Box) else gym.spaces.flatten(obs_space, obs)
+            a = actor.act_normalized(np.asarray(flat, dtype=np.float32)[None])[0]
             if noise > 0:
                 a = np.clip(a + noise * rng.standard_normal(a.shape), -1.0, 1.0)
             return actor.to_env(a[None])[0]
@@ -391,6 +408,7 @@ def collect(
 
 def describe_local() -> list[dict]:
     """One row per local dataset for ``srpo datasets``."""
+    import gymnasium as gym
     import minari
 
     rows = []
@@ -404,7 +422,7 @@ def describe_local() -> list[dict]:
                     "id": dataset_id,
                     "episodes": ds.total_episodes,
                     "steps": ds.total_steps,
-                    "obs_dim": int(np.prod(ds.observation_space.shape)),
+                    "obs_dim": int(gym.spaces.flatdim(ds.observation_space)),
                     "action_dim": int(np.prod(ds.action_space.shape)),
                     "ref_scores": meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None,
                     "mean_return": float(np.mean(returns)) if returns else float("nan"),

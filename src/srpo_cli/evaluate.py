@@ -12,9 +12,25 @@ import numpy as np
 from .errors import RuntimeFailure
 
 
-def make_env_fn(env_spec_json: str | None, dataset_id: str) -> Callable[[], Any]:
+def flat_observation_env(env: Any, observation_space_json: str) -> Any:
+    """``env`` with its (Dict or Tuple) observations flattened as the dataset's were for training: by the
+    dataset's own observation space, deserialized as Minari deserializes it, so the entries come in the
+    order the networks were trained on (``data.flatten_observations``)."""
+    import gymnasium as gym
+    from minari.serialization import deserialize_space
+
+    space = deserialize_space(observation_space_json)
+    flat = gym.spaces.Box(-np.inf, np.inf, (gym.spaces.flatdim(space),), np.float32)
+    return gym.wrappers.TransformObservation(env, lambda obs: gym.spaces.flatten(space, obs).astype(np.float32), flat)
+
+
+def make_env_fn(
+    env_spec_json: str | None, dataset_id: str, observation_space_json: str | None = None
+) -> Callable[[], Any]:
     """A factory for the dataset's evaluation environment, from the spec stored in the checkpoint (so no
-    dataset is needed to evaluate) or, failing that, from the local dataset."""
+    dataset is needed to evaluate) or, failing that, from the local dataset. ``observation_space_json``: the
+    dataset's observation space (Minari's serialization) where it is not a Box; the environment's
+    observations are then flattened the same way as the data's."""
     import gymnasium as gym
     from gymnasium.envs.registration import EnvSpec
 
@@ -26,15 +42,21 @@ def make_env_fn(env_spec_json: str | None, dataset_id: str) -> Callable[[], Any]
 
         return open_local(dataset_id).recover_environment(eval_env=True)
 
-    factory = from_spec if env_spec_json else from_dataset
+    raw = from_spec if env_spec_json else from_dataset
+
+    def flattened():
+        return flat_observation_env(raw(), observation_space_json)
+
+    factory = flattened if observation_space_json else raw
     try:
         factory().close()
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RuntimeFailure(
             f"Cannot create the evaluation environment of '{dataset_id}' ({msg}).",
-            "Install its simulator (e.g. pip install 'gymnasium[mujoco]' for MuJoCo tasks) and check that the "
-            "environment id in the dataset exists in this Gymnasium version.",
+            "Install its simulator (pip install 'gymnasium[mujoco]' for MuJoCo tasks, 'gymnasium-robotics' for "
+            "Minari's D4RL antmaze, pointmaze, adroit and kitchen datasets) and check that the environment id in "
+            "the dataset exists in this Gymnasium version.",
         ) from None
     return factory
 
@@ -153,7 +175,7 @@ def periodic_eval_hook(actor, data, cfg) -> Callable[[int], dict[str, float]]:
     """For ``extract.eval_every``: evaluate the current actor through the same fast path as eval."""
     from .policies import NumpyActor
 
-    env_fn = make_env_fn(data.info.get("eval_env_spec"), data.dataset_id)
+    env_fn = make_env_fn(data.info.get("eval_env_spec"), data.dataset_id, data.info.get("observation_space"))
 
     def hook(step: int) -> dict[str, float]:
         pol = NumpyActor.from_module(actor, data.action_low, data.action_high)

@@ -68,7 +68,7 @@ def _evaluate_actor(cfg: RunConfig, ckpt: Checkpoint) -> EvalResult:
 def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
     """``pol`` on the environment and reference scores that ``ckpt`` records."""
     extra = ckpt.meta["extra"]
-    env_fn = make_env_fn(extra.get("eval_env_spec"), ckpt.meta["dataset_id"])
+    env_fn = make_env_fn(extra.get("eval_env_spec"), ckpt.meta["dataset_id"], extra.get("observation_space"))
     res = evaluate(
         pol,
         env_fn,

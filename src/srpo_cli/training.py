@@ -269,6 +269,7 @@ class Stage:
                 "ref_max_score": self.data.ref_max_score,
                 "dataset_mean_return": float(self.data.episode_returns.mean()),
                 "eval_env_spec": self.data.info.get("eval_env_spec"),
+                "observation_space": self.data.info.get("observation_space"),
             },
         )
 
