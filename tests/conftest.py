@@ -11,6 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 
+# The tests never reach the network; in offline mode Minari's remote (Hugging Face) fails at once where it would
+# retry for about 25 s before the "Could not download" error that test_cli checks.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device for training tests: cpu|cuda|mps|auto")
