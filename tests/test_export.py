@@ -60,3 +60,44 @@ def test_export_refuses_a_non_policy_checkpoint(tmp_path):
                     action_dim=1, step=0, seed=0)  # fmt: skip
     with pytest.raises(RuntimeFailure, match="needs a policy checkpoint"):
         export_actor(path, tmp_path / "out.pt")
+
+
+def test_export_of_a_dict_observation_policy_carries_its_input_layout(tmp_path):
+    """A policy trained on Dict observations (antmaze's observation / achieved_goal / desired_goal) is exported
+    with where each entry goes in its flat input, in the order training flattened them."""
+    import json
+
+    from gymnasium import spaces
+    from minari.serialization import serialize_space
+
+    space = spaces.Dict(
+        {
+            "observation": spaces.Box(-1, 1, (3,)),
+            "desired_goal": spaces.Box(-1, 1, (2,)),
+            "achieved_goal": spaces.Box(-1, 1, (2,)),
+        }
+    )
+    actor = TanhActor(7, 2, 16, 2)
+    path = tmp_path / "actor.safetensors"
+    save_checkpoint(
+        path,
+        "actor",
+        {"actor": actor.state_dict(), "action": {"low": -torch.ones(2), "high": torch.ones(2)}},
+        config={"extract": {"hidden_dim": 16, "n_layers": 2}},
+        dataset_id="x/goal-v0",
+        obs_dim=7,
+        action_dim=2,
+        step=1,
+        seed=0,
+        extra={"observation_space": serialize_space(space)},
+    )
+    expected = [["achieved_goal", 0, 2], ["desired_goal", 2, 4], ["observation", 4, 7]]
+    files = {"observation_layout": ""}
+    torch.jit.load(str(export_actor(path, tmp_path / "a.pt", "torchscript")), _extra_files=files)
+    assert json.loads(files["observation_layout"]) == expected
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+
+        model = onnx.load(str(export_actor(path, tmp_path / "a.onnx", "onnx")))
+        props = {p.key: p.value for p in model.metadata_props}
+        assert json.loads(props["observation_layout"]) == expected

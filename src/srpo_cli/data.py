@@ -124,6 +124,26 @@ def flatten_observations(obs: Any, space: Any) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def observation_layout(space: Any, prefix: str = "") -> list[tuple[str, int, int]]:
+    """Where each entry of a Dict or Tuple observation lands in the flat vector of ``flatten_observations``:
+    (name, start, end) with nested names joined by dots, e.g. [("achieved_goal", 0, 2), ("desired_goal", 2, 4),
+    ("observation", 4, 31)] for Minari's antmaze. A Box is one entry."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Dict):
+        items = [(f"{prefix}{k}", sub) for k, sub in space.spaces.items()]
+    elif isinstance(space, spaces.Tuple):
+        items = [(f"{prefix}{i}", sub) for i, sub in enumerate(space.spaces)]
+    else:
+        return [(prefix or "observation", 0, spaces.flatdim(space))]
+    layout, start = [], 0
+    for name, sub in items:
+        for n, a, b in observation_layout(sub, name + "."):
+            layout.append((n.rstrip("."), start + a, start + b))
+        start += spaces.flatdim(sub)
+    return layout
+
+
 def episodes_to_arrays(episodes, observation_space: Any = None) -> dict[str, np.ndarray]:
     """Align Minari's T+1 observations: obs = o[:-1], next_obs = o[1:], per episode, then concatenate.
     ``observation_space``: the dataset's; Dict and Tuple observations are flattened by it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -34,14 +35,35 @@ def exported_module(ckpt_path: Path) -> ExportedActor:
     return ExportedActor(actor_module(ckpt).net, torch.as_tensor(low), torch.as_tensor(high)).eval()
 
 
+LAYOUT_KEY = "observation_layout"
+
+
+def input_layout(ckpt_path: Path) -> list[tuple[str, int, int]] | None:
+    """For a policy trained on Dict or Tuple observations: where each entry goes in the flat input vector
+    (``data.observation_layout``); None for a Box, whose observations go in as they are."""
+    space_json = load_checkpoint(ckpt_path).meta["extra"].get("observation_space")
+    if not space_json:
+        return None
+    from minari.serialization import deserialize_space
+
+    from .data import observation_layout
+
+    return observation_layout(deserialize_space(space_json))
+
+
 def export_actor(ckpt_path: Path, out: Path, fmt: str = "torchscript") -> Path:
-    """Write ``out``; atomic, so a failed export never leaves a half-written file."""
+    """Write ``out``; atomic, so a failed export never leaves a half-written file. A policy of Dict
+    observations carries its input layout in the file (TorchScript: the extra file ``observation_layout``;
+    ONNX: metadata of that name), JSON [[name, start, end], ...], so a robot's code can build the vector."""
     module = exported_module(ckpt_path)
     obs_dim = module.net[0].in_features
     example = torch.zeros(1, obs_dim)
+    layout = input_layout(ckpt_path)
+    layout_json = json.dumps(layout) if layout is not None else None
     if fmt == "torchscript":
         scripted = torch.jit.script(module)
-        atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp))
+        extra = {LAYOUT_KEY: layout_json} if layout_json else {}
+        atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
     elif fmt == "onnx":
         try:
             import onnx  # noqa: F401
@@ -60,6 +82,10 @@ def export_actor(ckpt_path: Path, out: Path, fmt: str = "torchscript") -> Path:
                 dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
                 dynamo=False,
             )
+            if layout_json:
+                model = onnx.load(tmp)
+                onnx.helper.set_model_props(model, {LAYOUT_KEY: layout_json})
+                onnx.save(model, tmp)
 
         atomic_write(out, write)
     else:
