@@ -11,23 +11,28 @@ from srpo_cli.networks import TanhActor
 from srpo_cli.policies import load_actor_policy
 
 
-@pytest.fixture()
-def actor_ckpt(tmp_path):
-    torch.manual_seed(0)
-    actor = TanhActor(3, 2, 32, 2)
-    path = tmp_path / "actor.safetensors"
+def save_actor(path, obs_dim: int, low: list[float], high: list[float], extra: dict | None = None):
+    """An actor checkpoint as the extraction writes one: a small random TanhActor and its action bounds."""
+    actor = TanhActor(obs_dim, len(low), 32, 2)
     save_checkpoint(
         path,
         "actor",
-        {"actor": actor.state_dict(), "action": {"low": torch.tensor([-2.0, 0.0]), "high": torch.tensor([2.0, 1.0])}},
+        {"actor": actor.state_dict(), "action": {"low": torch.tensor(low), "high": torch.tensor(high)}},
         config={"extract": {"hidden_dim": 32, "n_layers": 2}},
         dataset_id="x/y-v0",
-        obs_dim=3,
-        action_dim=2,
+        obs_dim=obs_dim,
+        action_dim=len(low),
         step=1,
         seed=0,
+        extra=extra,
     )
     return path
+
+
+@pytest.fixture()
+def actor_ckpt(tmp_path):
+    torch.manual_seed(0)
+    return save_actor(tmp_path / "actor.safetensors", 3, [-2.0, 0.0], [2.0, 1.0])
 
 
 def test_torchscript_round_trip_matches_eval_actions(actor_ckpt, tmp_path):
@@ -77,19 +82,8 @@ def test_export_of_a_dict_observation_policy_carries_its_input_layout(tmp_path):
             "achieved_goal": spaces.Box(-1, 1, (2,)),
         }
     )
-    actor = TanhActor(7, 2, 16, 2)
-    path = tmp_path / "actor.safetensors"
-    save_checkpoint(
-        path,
-        "actor",
-        {"actor": actor.state_dict(), "action": {"low": -torch.ones(2), "high": torch.ones(2)}},
-        config={"extract": {"hidden_dim": 16, "n_layers": 2}},
-        dataset_id="x/goal-v0",
-        obs_dim=7,
-        action_dim=2,
-        step=1,
-        seed=0,
-        extra={"observation_space": serialize_space(space)},
+    path = save_actor(
+        tmp_path / "actor.safetensors", 7, [-1.0, -1.0], [1.0, 1.0], {"observation_space": serialize_space(space)}
     )
     expected = [["achieved_goal", 0, 2], ["desired_goal", 2, 4], ["observation", 4, 7]]
     files = {"observation_layout": ""}
