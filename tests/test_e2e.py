@@ -45,3 +45,7 @@ def test_goal_conditioned_dataset_trains_and_evaluates(tmp_path, device):
     for policy in ("srpo", "diffusion"):
         res = evaluate_run(cfg, tmp_path, policy)
         assert len(res.returns) == cfg.eval.episodes and (res.lengths == 25).all()
+    # srpo collect rolls the trained actor out on the env's Dict observations, flattened as in training
+    rolled, _ = collect(register(), "test/goal/rolled-v0", str(tmp_path / "actor.safetensors"), steps=30, seed=2)
+    again = load_transitions(rolled)
+    assert again.obs_dim == data.obs_dim and again.size == 30

@@ -98,8 +98,8 @@ def open_local(dataset_id: str):
 
 def flatten_observations(obs: Any, space: Any) -> np.ndarray:
     """A batch of observations [T, ...] of ``space`` -> [T, flatdim] float32, in the order in which gymnasium's
-    ``spaces.flatten`` (and so the ``FlattenObservation`` wrapper that evaluation puts on such an environment)
-    lays out one observation: a Box's values row-major, a Dict's entries in the space's key order, a Tuple's in
+    ``spaces.flatten`` lays out one observation (evaluation flattens the environment's by it, with the dataset's
+    space: ``evaluate.flat_observation_env``): a Box's values row-major, a Dict's entries in the space's key order, a Tuple's in
     its order. That is how goal-conditioned datasets (Minari's antmaze and pointmaze: observation,
     achieved_goal, desired_goal) reach the networks as one vector, the same at training and at evaluation."""
     from gymnasium import spaces
@@ -224,6 +224,17 @@ def load_transitions(
             "observation_space": _serialized_unless_box(ds.observation_space),
         },
     )
+
+
+def trained_observation_space(extra: dict[str, Any]) -> Any:
+    """The Dict or Tuple observation space a checkpoint's networks were trained on, flattened
+    (``flatten_observations``), from its metadata's ``extra``; None where the observations were a Box."""
+    space_json = extra.get("observation_space")
+    if not space_json:
+        return None
+    from minari.serialization import deserialize_space
+
+    return deserialize_space(space_json)
 
 
 def _serialized_unless_box(space: Any) -> str | None:

@@ -383,17 +383,22 @@ def collect(
             return space.sample()
 
     else:
-        from .policies import load_actor_policy
+        from .checkpoint import load_checkpoint
+        from .data import trained_observation_space
+        from .policies import actor_policy
 
-        actor = load_actor_policy(Path(policy))
-        obs_space = None
+        ckpt = load_checkpoint(Path(policy))
+        actor = actor_policy(ckpt)
+        # a policy trained on Dict observations (goal-conditioned tasks) gets them flattened as in training
+        trained_space = trained_observation_space(ckpt.meta["extra"])
 
         def act(obs, rng):
-            nonlocal obs_space
-            if obs_space is None:  # made here, after rollout_buffers has checked that the env can be made
-                obs_space = gym.make(env_id).observation_space
-            # Dict observations (goal-conditioned tasks) reach the actor flattened, as in training
-            flat = obs if isinstance(obs_space, gym.spaces.Box) else gym.spaces.flatten(obs_space, obs)
+            if isinstance(obs, dict | tuple) and trained_space is None:
+                raise UsageError(
+                    f"{env_id} observes {type(obs).__name__}s, but {policy} was trained on vector observations.",
+                    "Roll out a policy trained on this environment's datasets.",
+                )
+            flat = obs if trained_space is None else gym.spaces.flatten(trained_space, obs)
             a = actor.act_normalized(np.asarray(flat, dtype=np.float32)[None])[0]
             if noise > 0:
                 a = np.clip(a + noise * rng.standard_normal(a.shape), -1.0, 1.0)

@@ -41,14 +41,10 @@ LAYOUT_KEY = "observation_layout"
 def input_layout(ckpt_path: Path) -> list[tuple[str, int, int]] | None:
     """For a policy trained on Dict or Tuple observations: where each entry goes in the flat input vector
     (``data.observation_layout``); None for a Box, whose observations go in as they are."""
-    space_json = load_checkpoint(ckpt_path).meta["extra"].get("observation_space")
-    if not space_json:
-        return None
-    from minari.serialization import deserialize_space
+    from .data import observation_layout, trained_observation_space
 
-    from .data import observation_layout
-
-    return observation_layout(deserialize_space(space_json))
+    space = trained_observation_space(load_checkpoint(ckpt_path).meta["extra"])
+    return None if space is None else observation_layout(space)
 
 
 def export_actor(ckpt_path: Path, out: Path, fmt: str = "torchscript") -> Path:

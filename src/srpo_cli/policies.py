@@ -114,13 +114,17 @@ def action_bounds(ckpt: Checkpoint) -> tuple[np.ndarray, np.ndarray]:
     return ckpt.tensors["action.low"].cpu().numpy(), ckpt.tensors["action.high"].cpu().numpy()
 
 
-def load_actor_policy(path: Path, stage: str | None = None) -> NumpyActor:
+def actor_policy(ckpt: Checkpoint) -> NumpyActor:
     """An actor-like checkpoint (SRPO actor, AWR or BC policy) as a numpy policy acting in env units."""
-    ckpt = load_checkpoint(path, stage)
     if ckpt.stage not in ("actor", "awr", "bc"):
-        raise RuntimeFailure(f"{path} is a '{ckpt.stage}' checkpoint; a policy (actor, awr or bc) was expected.")
+        raise RuntimeFailure(f"{ckpt.path} is a '{ckpt.stage}' checkpoint; a policy (actor, awr or bc) was expected.")
     low, high = action_bounds(ckpt)
     return NumpyActor.from_module(actor_module(ckpt), low, high)
+
+
+def load_actor_policy(path: Path, stage: str | None = None) -> NumpyActor:
+    """``actor_policy`` of the checkpoint at ``path``."""
+    return actor_policy(load_checkpoint(path, stage))
 
 
 def load_behavior(path: Path, device: torch.device) -> tuple[ScoreNet, VPSchedule, Checkpoint]:
