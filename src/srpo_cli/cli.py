@@ -785,6 +785,7 @@ def export_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Write a standalone actor (action scaling baked in) for plain torch or onnxruntime."""
+    from .checkpoint import load_checkpoint
     from .export import export_actor, input_layout
     from .runner import policy_file
 
@@ -796,7 +797,7 @@ def export_cmd(
     src = cfg.resolved_run_dir() / policy_file(policy)
     export_actor(src, out_file, fmt)
     out.print(f"wrote {out_file} ({fmt}) from {src}")
-    layout = input_layout(src)
+    layout = input_layout(load_checkpoint(src))
     if layout is not None:
         parts = ", ".join(f"{name} [{a}:{b}]" for name, a, b in layout)
         out.print(f"input: one vector of {layout[-1][2]} numbers: {parts}", highlight=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import Checkpoint, atomic_write, load_checkpoint
 from .errors import RuntimeFailure
 from .policies import action_bounds, actor_module
 
@@ -27,10 +27,9 @@ class ExportedActor(nn.Module):
         return self.low + (torch.tanh(self.net(obs)) + 1.0) * self.half_range
 
 
-def exported_module(ckpt_path: Path) -> ExportedActor:
-    ckpt = load_checkpoint(ckpt_path)
+def exported_module(ckpt: Checkpoint) -> ExportedActor:
     if ckpt.stage not in ("actor", "awr", "bc"):
-        raise RuntimeFailure(f"{ckpt_path} is a '{ckpt.stage}' checkpoint; export needs a policy checkpoint.")
+        raise RuntimeFailure(f"{ckpt.path} is a '{ckpt.stage}' checkpoint; export needs a policy checkpoint.")
     low, high = action_bounds(ckpt)
     return ExportedActor(actor_module(ckpt).net, torch.as_tensor(low), torch.as_tensor(high)).eval()
 
@@ -38,12 +37,12 @@ def exported_module(ckpt_path: Path) -> ExportedActor:
 LAYOUT_KEY = "observation_layout"
 
 
-def input_layout(ckpt_path: Path) -> list[tuple[str, int, int]] | None:
+def input_layout(ckpt: Checkpoint) -> list[tuple[str, int, int]] | None:
     """For a policy trained on Dict or Tuple observations: where each entry goes in the flat input vector
     (``data.observation_layout``); None for a Box, whose observations go in as they are."""
     from .data import observation_layout, trained_observation_space
 
-    space = trained_observation_space(load_checkpoint(ckpt_path).meta["extra"])
+    space = trained_observation_space(ckpt.meta["extra"])
     return None if space is None else observation_layout(space)
 
 
@@ -51,10 +50,11 @@ def export_actor(ckpt_path: Path, out: Path, fmt: str = "torchscript") -> Path:
     """Write ``out``; atomic, so a failed export never leaves a half-written file. A policy of Dict
     observations carries its input layout in the file (TorchScript: the extra file ``observation_layout``;
     ONNX: metadata of that name), JSON [[name, start, end], ...], so a robot's code can build the vector."""
-    module = exported_module(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    module = exported_module(ckpt)
     obs_dim = module.net[0].in_features
     example = torch.zeros(1, obs_dim)
-    layout = input_layout(ckpt_path)
+    layout = input_layout(ckpt)
     layout_json = json.dumps(layout) if layout is not None else None
     if fmt == "torchscript":
         scripted = torch.jit.script(module)

@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from .config import RunConfig
 from .errors import Interrupted, UsageError
 from .evaluate import EvalResult, evaluate, latency, make_env_fn
-from .policies import DiffusionPolicy, NumpyActor, action_bounds, actor_module, load_behavior, load_critic
+from .policies import DiffusionPolicy, NumpyActor, action_bounds, actor_module, actor_policy, load_behavior, load_critic
 from .training import kept_files, resolve_device
 
 POLICY_FILES = {"srpo": "actor.safetensors", "awr": "awr.safetensors", "bc": "bc.safetensors"}
@@ -61,8 +61,7 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo") -> EvalRes
 
 def _evaluate_actor(cfg: RunConfig, ckpt: Checkpoint) -> EvalResult:
     """The actor (SRPO, AWR or BC) in ``ckpt``, through the fast path eval acts with."""
-    low, high = action_bounds(ckpt)
-    return _evaluate(cfg, NumpyActor.from_module(actor_module(ckpt), low, high), ckpt)
+    return _evaluate(cfg, actor_policy(ckpt), ckpt)
 
 
 def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
