@@ -46,6 +46,30 @@ def test_ensemble_matches_two_independent_mlps():
         torch.testing.assert_close(out[k], x.squeeze(-1))
 
 
+def test_layer_norm_critic_normalizes_each_hidden_layer_and_bounds_q():
+    """With layer_norm each member's hidden activations are ReLU then a LayerNorm without weights, so Q is
+    bounded by the head: |Q - b| <= |w| sqrt(hidden) for any input, however far off the data."""
+    torch.manual_seed(0)
+    ens = EnsembleQ(4, 2, 16, 2, layer_norm=True)
+    s, a = torch.randn(5, 4), torch.randn(5, 2)
+    out = ens(s, a)
+    for k in range(2):
+        x = torch.cat([s, a], -1)
+        for i, layer in enumerate(ens.layers):
+            x = x @ layer.weight[k] + layer.bias[k]
+            if i < len(ens.layers) - 1:
+                x = torch.relu(x)
+                x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        torch.testing.assert_close(out[k], x.squeeze(-1))
+    far = ens(s * 1e4, a * 1e4)
+    head = ens.layers[-1]
+    bound = head.weight.norm(dim=(1, 2)) * 16**0.5
+    assert ((far - head.bias.view(2, 1)).abs() <= bound.view(2, 1) + 1e-4).all()
+    plain = EnsembleQ(4, 2, 16, 2)
+    plain.load_state_dict(ens.state_dict())
+    assert plain(s * 1e4, a * 1e4).abs().max() > 100 * bound.max()  # without it Q grows with the input
+
+
 def test_polyak_update_is_a_lerp():
     torch.manual_seed(0)
     q = EnsembleQ(3, 1, 8, 2)
@@ -145,8 +169,18 @@ def test_normalized_critic_sees_standardized_states():
     torch.testing.assert_close(v(s * scale), plain_v(z))
 
 
-@pytest.mark.parametrize(("n_layers", "normalize", "n_q"), [(2, False, 2), (1, True, 2), (3, False, 2), (2, False, 5)])
-def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q):
+@pytest.mark.parametrize(
+    ("n_layers", "normalize", "n_q", "layer_norm"),
+    [
+        (2, False, 2, False),
+        (1, True, 2, False),
+        (3, False, 2, False),
+        (2, False, 5, False),
+        (2, False, 2, True),
+        (3, True, 3, True),
+    ],
+)
+def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q, layer_norm):
     """The critic step's gradients come from Q's and V's hand-written backward; on one batch they must equal
     autograd's gradients of expectile_loss + twin_q_loss through the plain forward passes."""
     import numpy as np
@@ -170,7 +204,7 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q):
     )
     cfg = RunConfig()
     cfg.critic.n_layers, cfg.critic.hidden_dim, cfg.critic.normalize_observations = n_layers, 32, normalize
-    cfg.critic.n_q = n_q
+    cfg.critic.n_q, cfg.critic.layer_norm = n_q, layer_norm
     stage = CriticStage(cfg, data, torch.device("cpu"))
     assert stage.q(data.observations[:3], data.actions[:3]).shape == (n_q, 3)
     with torch.no_grad():  # a target net different from the online one, as after some training
@@ -190,22 +224,29 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q):
     torch.testing.assert_close(v_loss, ref_v.detach())
     torch.testing.assert_close(q_loss, ref_q.detach())
     assert len(grads) == len(ref) == 4 * (n_layers + 1)
+    # the normalization's backward sums in another order than autograd's, and divides by small row spreads:
+    # fp32 round-off of about 1e-5 relative, where a wrong formula is off by order one
+    rtol, atol = (1e-4, 1e-5) if layer_norm else (1e-5, 1e-7)
     for mine, theirs in zip(grads, ref, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(mine, theirs, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize(
-    ("reduce", "normalize", "weighting", "baseline", "normalize_obs", "n_q"),
+    ("reduce", "normalize", "weighting", "baseline", "normalize_obs", "n_q", "layer_norm"),
     [
-        ("mean", False, "sigma2", False, False, 2),
-        ("min", False, "one", True, False, 2),
-        ("mean", True, "alpha_over_sigma", True, True, 2),
-        ("min", True, "sigma2", False, False, 2),
-        ("mean", False, "sigma2", True, False, 6),
-        ("min", False, "sigma2", True, False, 6),
+        ("mean", False, "sigma2", False, False, 2, False),
+        ("min", False, "one", True, False, 2, False),
+        ("mean", True, "alpha_over_sigma", True, True, 2, False),
+        ("min", True, "sigma2", False, False, 2, False),
+        ("mean", False, "sigma2", True, False, 6, False),
+        ("min", False, "sigma2", True, False, 6, False),
+        ("mean", False, "sigma2", True, False, 2, True),
+        ("min", True, "sigma2", False, True, 2, True),
     ],
 )
-def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, weighting, baseline, normalize_obs, n_q):
+def test_extraction_hand_written_gradients_equal_autograd(
+    reduce, normalize, weighting, baseline, normalize_obs, n_q, layer_norm
+):
     """The extraction step's actor gradients come from the actor's and Q's hand-written backward; with the
     same random draws they must equal autograd's on the spec-form loss (srpo_actor_loss)."""
     from srpo_cli.config import ExtractConfig
@@ -217,7 +258,7 @@ def test_extraction_hand_written_gradients_equal_autograd(reduce, normalize, wei
     actor = TanhActor(5, 3, 32, 2)
     with torch.no_grad():  # saturate some actions, where tanh's derivative matters
         actor.net[-1].bias.copy_(torch.tensor([2.0, 0.0, -1.0]))
-    q_net = EnsembleQ(5, 3, 32, 2, n_q, normalize_obs=normalize_obs)
+    q_net = EnsembleQ(5, 3, 32, 2, n_q, normalize_obs=normalize_obs, layer_norm=layer_norm)
     if normalize_obs:
         q_net.obs_norm.set_statistics(torch.randn(5), torch.rand(5) + 0.5)
     q_net.requires_grad_(False)

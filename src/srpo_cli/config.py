@@ -90,6 +90,11 @@ class CriticConfig:
         "Q-networks in the ensemble (the reference's twin Q: 2); V's target is the min of their targets, the "
         "extraction's Q term combines them by extract.q_reduce, AWR and the diffusion baseline take the min",
     )
+    layer_norm: bool = _f(
+        False,
+        "LayerNorm (no affine weights) after each hidden ReLU of the Q-networks, which bounds Q off the data by "
+        "its head's weights (Ball et al. 2023; ReBRAC); off in the reference",
+    )
     expectile: float = _f(0.7, "expectile tau of the V loss (0.7 locomotion, 0.9 antmaze)")
     discount: float = _f(0.99, "discount gamma")
     tau: float = _f(0.005, "Polyak rate of the target twin Q, applied after every step")

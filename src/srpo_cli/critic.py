@@ -28,8 +28,9 @@ class CriticStage(Stage):
         data = self.data  # on the training device
         c = cfg.critic
         norm = c.normalize_observations
-        self.q = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, c.n_q, normalize_obs=norm)
-        self.q = self.q.to(device)
+        self.q = EnsembleQ(
+            data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, c.n_q, normalize_obs=norm, layer_norm=c.layer_norm
+        ).to(device)
         self.v = ValueNet(data.obs_dim, c.hidden_dim, c.n_layers, normalize_obs=norm).to(device)
         if norm:
             mean, std = observation_statistics(data.observations, c.obs_std_eps)

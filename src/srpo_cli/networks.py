@@ -10,7 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# torch's default; the critic's optional LayerNorm has no affine weights (the next Linear can absorb them)
+LAYER_NORM_EPS = 1e-5
 
 # d relu: grad where the ReLU's output is > 0, else 0 (one pass; what autograd's ReluBackward calls)
 _relu_backward = torch.ops.aten.threshold_backward
@@ -124,9 +128,11 @@ class EnsembleQ(nn.Module):
         n_layers: int = 2,
         n: int = 2,
         normalize_obs: bool = False,
+        layer_norm: bool = False,
     ):
         super().__init__()
         self.n = n
+        self.layer_norm = layer_norm
         self.obs_norm = ObsNormalizer(obs_dim) if normalize_obs else None
         dims = [obs_dim + action_dim] + [hidden_dim] * n_layers + [1]
         self.layers = nn.ModuleList([EnsembleLinear(n, i, o) for i, o in zip(dims[:-1], dims[1:], strict=False)])
@@ -142,19 +148,37 @@ class EnsembleQ(nn.Module):
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = torch.relu(x)
+                if self.layer_norm:
+                    x = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
         return x.squeeze(-1)
 
     @torch.no_grad()
     def forward_cached(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Q [n, B] and each layer's input, for ``backward_cached``; ReLUs run in place (no autograd)."""
+        """Q [n, B] and what ``backward_cached`` needs: each layer's input, then, with ``layer_norm``, each
+        hidden layer's ReLU output and the reciprocal of its row's standard deviation (no autograd)."""
         x = self._input(s, a)
-        inputs = []
+        inputs, norm_cache = [], []
         for i, layer in enumerate(self.layers):
             inputs.append(x)
             x = layer(x)
             if i < len(self.layers) - 1:
                 x = x.relu_()
-        return x.squeeze(-1), inputs
+                if self.layer_norm:
+                    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+                    rstd = (var + LAYER_NORM_EPS).rsqrt_()
+                    norm_cache += [x, rstd]
+                    x = (x - mean).mul_(rstd)
+        return x.squeeze(-1), inputs + norm_cache
+
+    def _hidden_backward(self, g: torch.Tensor, cache: list[torch.Tensor], i: int) -> torch.Tensor:
+        """d loss / d (output of Linear i - 1) from d loss / d (input of Linear i): back through the ReLU
+        and, with ``layer_norm``, the normalization before it."""
+        if not self.layer_norm:
+            return _relu_backward(g, cache[i], 0)  # the input of Linear i is the ReLU's output
+        relu_out, rstd = cache[len(self.layers) + 2 * (i - 1)], cache[len(self.layers) + 2 * (i - 1) + 1]
+        y = cache[i]  # the normalized activations
+        g = (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)).mul_(rstd)
+        return _relu_backward(g, relu_out, 0)
 
     @torch.no_grad()
     def backward_cached(self, grad_q: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -169,7 +193,7 @@ class EnsembleQ(nn.Module):
                 w_grad = torch.bmm(inputs[i].transpose(1, 2), g)
             grads += [g.sum(1, keepdim=True), w_grad]  # bias, weight
             if i > 0:
-                g = _relu_backward(_input_grad(g, w.transpose(1, 2)), inputs[i], 0)
+                g = self._hidden_backward(_input_grad(g, w.transpose(1, 2)), inputs, i)
         return grads[::-1]
 
     @torch.no_grad()
@@ -180,7 +204,7 @@ class EnsembleQ(nn.Module):
         for i in range(len(self.layers) - 1, -1, -1):
             g = _input_grad(g, self.layers[i].weight.transpose(1, 2))
             if i > 0:
-                g = _relu_backward(g, inputs[i], 0)
+                g = self._hidden_backward(g, inputs, i)
         # the members share the input [s, a]; the actions are its last columns (states are normalized, not a)
         return g.sum(0)[:, -action_dim:]
 

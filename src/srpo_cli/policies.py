@@ -148,8 +148,9 @@ def load_critic(path: Path, device: torch.device) -> tuple[EnsembleQ, EnsembleQ,
     o, a = ckpt.meta["obs_dim"], ckpt.meta["action_dim"]
     norm = bool(c.get("normalize_observations", False))  # checkpoints from before the field: off
     n_q = int(c.get("n_q", 2))  # checkpoints from before the field: the twin Q
-    q = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], n_q, normalize_obs=norm).to(device)
-    q_t = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], n_q, normalize_obs=norm).to(device)
+    ln = bool(c.get("layer_norm", False))  # checkpoints from before the field: off
+    q = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], n_q, normalize_obs=norm, layer_norm=ln).to(device)
+    q_t = EnsembleQ(o, a, c["hidden_dim"], c["n_layers"], n_q, normalize_obs=norm, layer_norm=ln).to(device)
     v = ValueNet(o, c["hidden_dim"], c["n_layers"], normalize_obs=norm).to(device)
     q.load_state_dict(ckpt.section("q"))
     q_t.load_state_dict(ckpt.section("q_target"))
