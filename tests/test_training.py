@@ -566,6 +566,26 @@ def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     assert not any("obs_norm" in k for k in _tensors(tmp_path / "plain" / "critic.safetensors"))
 
 
+def test_layer_norm_critic_round_trip(tmp_path, data, default_dataset):
+    """critic.layer_norm travels in the checkpoint's config: the loaded Q and target Q normalize as trained (the
+    same weights without the normalization give other values)."""
+    from srpo_cli.networks import EnsembleQ
+    from srpo_cli.policies import load_critic
+
+    cfg = tiny_cfg(default_dataset, **{"critic.layer_norm": True})
+    train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
+    q, q_t, _, ckpt = load_critic(tmp_path / "critic.safetensors", torch.device("cpu"))
+    assert q.layer_norm and q_t.layer_norm
+    s, a = data.observations[:32], data.actions[:32]
+    c = cfg.critic
+    for loaded, section in ((q, "q"), (q_t, "q_target")):
+        for layer_norm in (True, False):
+            rebuilt = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, c.n_q, layer_norm=layer_norm)
+            rebuilt.load_state_dict(ckpt.section(section))
+            same = torch.allclose(loaded(s, a), rebuilt(s, a))
+            assert same == layer_norm
+
+
 def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
     """critic.n_q = 4: the checkpoint holds four members (and the target's four), the loaded critic gives the
     trained one's values, and the extraction, AWR and the diffusion baseline all run on it."""
