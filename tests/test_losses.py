@@ -224,11 +224,8 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q, 
     torch.testing.assert_close(v_loss, ref_v.detach())
     torch.testing.assert_close(q_loss, ref_q.detach())
     assert len(grads) == len(ref) == 4 * (n_layers + 1)
-    # the normalization's backward sums in another order than autograd's, and divides by small row spreads:
-    # fp32 round-off of about 1e-5 relative, where a wrong formula is off by order one
-    rtol, atol = (1e-4, 1e-5) if layer_norm else (1e-5, 1e-7)
     for mine, theirs in zip(grads, ref, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=rtol, atol=atol)
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(

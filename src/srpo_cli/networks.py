@@ -16,6 +16,9 @@ from torch import nn
 # torch's default; the critic's optional LayerNorm has no affine weights (the next Linear can absorb them)
 LAYER_NORM_EPS = 1e-5
 
+# d layer_norm / d input from the row statistics saved by torch.native_layer_norm (what autograd calls)
+_layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
 # d relu: grad where the ReLU's output is > 0, else 0 (one pass; what autograd's ReluBackward calls)
 _relu_backward = torch.ops.aten.threshold_backward
 
@@ -155,7 +158,7 @@ class EnsembleQ(nn.Module):
     @torch.no_grad()
     def forward_cached(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Q [n, B] and what ``backward_cached`` needs: each layer's input, then, with ``layer_norm``, each
-        hidden layer's ReLU output and the reciprocal of its row's standard deviation (no autograd)."""
+        hidden layer's ReLU output and its rows' mean and reciprocal standard deviation (no autograd)."""
         x = self._input(s, a)
         inputs, norm_cache = [], []
         for i, layer in enumerate(self.layers):
@@ -164,10 +167,9 @@ class EnsembleQ(nn.Module):
             if i < len(self.layers) - 1:
                 x = x.relu_()
                 if self.layer_norm:
-                    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-                    rstd = (var + LAYER_NORM_EPS).rsqrt_()
-                    norm_cache += [x, rstd]
-                    x = (x - mean).mul_(rstd)
+                    relu_out = x
+                    x, mean, rstd = torch.native_layer_norm(relu_out, x.shape[-1:], None, None, LAYER_NORM_EPS)
+                    norm_cache += [relu_out, mean, rstd]
         return x.squeeze(-1), inputs + norm_cache
 
     def _hidden_backward(self, g: torch.Tensor, cache: list[torch.Tensor], i: int) -> torch.Tensor:
@@ -175,9 +177,9 @@ class EnsembleQ(nn.Module):
         and, with ``layer_norm``, the normalization before it."""
         if not self.layer_norm:
             return _relu_backward(g, cache[i], 0)  # the input of Linear i is the ReLU's output
-        relu_out, rstd = cache[len(self.layers) + 2 * (i - 1)], cache[len(self.layers) + 2 * (i - 1) + 1]
-        y = cache[i]  # the normalized activations
-        g = (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True)).mul_(rstd)
+        k = len(self.layers) + 3 * (i - 1)
+        relu_out, mean, rstd = cache[k : k + 3]
+        g = _layer_norm_backward(g, relu_out, relu_out.shape[-1:], mean, rstd, None, None, [True, False, False])[0]
         return _relu_backward(g, relu_out, 0)
 
     @torch.no_grad()
