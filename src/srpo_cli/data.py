@@ -99,9 +99,10 @@ def open_local(dataset_id: str):
 def flatten_observations(obs: Any, space: Any) -> np.ndarray:
     """A batch of observations [T, ...] of ``space`` -> [T, flatdim] float32, in the order in which gymnasium's
     ``spaces.flatten`` lays out one observation (evaluation flattens the environment's by it, with the dataset's
-    space: ``evaluate.flat_observation_env``): a Box's values row-major, a Dict's entries in the space's key order, a Tuple's in
-    its order. That is how goal-conditioned datasets (Minari's antmaze and pointmaze: observation,
-    achieved_goal, desired_goal) reach the networks as one vector, the same at training and at evaluation."""
+    space: ``evaluate.flat_observation_env``): a Box's values row-major, a Dict's entries in the space's key
+    order, a Tuple's in its order. That is how goal-conditioned datasets (Minari's antmaze and pointmaze:
+    observation, achieved_goal, desired_goal) reach the networks as one vector, the same at training and at
+    evaluation."""
     from gymnasium import spaces
 
     if isinstance(space, spaces.Box):
