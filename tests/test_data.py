@@ -98,7 +98,7 @@ def test_epoch_sampler_is_without_replacement_and_resumable():
 def _write_d4rl(path, with_next: bool):
     # Episode A: 3 steps, terminates. Episode B: 4 steps, times out. Episode C: 2 steps, file ends mid-episode.
     n = 9
-    obs = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    obs = np.arange(n * 3, dtype=np.float32).reshape(n, 3)  # Pendulum-v1's observation size
     with h5py.File(path, "w") as f:
         f["observations"] = obs
         f["actions"] = np.linspace(-1, 1, n, dtype=np.float32).reshape(n, 1)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from srpo_cli import config
-from srpo_cli.checkpoint import load_checkpoint
+from srpo_cli.checkpoint import load_checkpoint, tensor_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,7 @@ def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_data
     with safe_open(str(critic), "pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors["v.net.0.bias"] += 1.0  # another critic: another sha256 than its children recorded
+    meta["tensors_sha256"] = tensor_digest(tensors)  # a sound file, not a damaged one
     save_file(tensors, str(critic), metadata=meta)
     assert runner.main(argv) == 2
     assert runner.main([*argv, "--force"]) == 0

@@ -63,6 +63,12 @@ def guarded(fn):
             raise typer.Exit(130) from None
         except typer.Exit:
             raise
+        except OSError as e:  # a path or disk problem met outside the places that name it themselves
+            if os.environ.get("SRPO_DEBUG"):
+                raise
+            from .checkpoint import write_error
+
+            _fail(write_error(e.filename or "a file", e))
         except Exception as e:  # a bug or an unforeseen environment problem: still no traceback by default
             if os.environ.get("SRPO_DEBUG"):
                 raise
@@ -143,8 +149,11 @@ def _config(
         # The first command that needs a configuration writes one the user can edit: the dataset it runs on,
         # and the hyperparameters in force for it, commented out so that presets keep applying.
         base = config.resolve({"dataset": cfg.dataset}, preset=preset)
-        config.write_yaml(base, path, preset=preset)
-        err.print(f"wrote {path} (edit it to change defaults)", style="dim")
+        try:
+            config.write_yaml(base, path, preset=preset)
+            err.print(f"wrote {path} (edit it to change defaults)", style="dim")
+        except OSError as e:  # a read-only working folder: the file is a convenience, the run goes on
+            err.print(f"warning: could not write {path} ({e.strerror}); continuing without it", style="yellow")
     if overrides.get("dataset"):
         from .data import check_dataset_id
 
@@ -195,11 +204,30 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     print_uncut(t)
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    """A run directory must be a folder (or not exist yet): found before any training time is spent."""
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(
+                f"--run {run_dir}: {parent} is a file, not a folder.", "Name a folder (new or existing) for the run."
+            )
+
+
+def _warn_if_cores_busy(threads: int) -> None:
+    from .training import busy_cores_warning
+
+    note = busy_cores_warning(threads)
+    if note:
+        err.print(f"warning: {note}", style="yellow", highlight=False)
+
+
 def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json: bool, kind: str = "") -> None:
+    from .checkpoint import exclusive, lock_path
     from .training import check_can_write, resolve_device
 
     device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
+    _check_run_dir(run_dir)
     file_name = {"behavior": "behavior", "critic": "critic", "extract": "actor"}.get(stage, kind) + ".safetensors"
     ckpt = run_dir / file_name
     check_can_write(ckpt, resume, force)
@@ -223,6 +251,13 @@ def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json:
                     f"{run_dir / name} is missing; '{stage}' needs it.",
                     "Run 'srpo pretrain-behavior' and 'srpo pretrain-critic' first (same --run/--dataset/--seed).",
                 )
+    # Taken before the data load, so that a second writer or a read-only folder is refused at once (training
+    # takes it again; held for the whole stage).
+    with exclusive(lock_path(ckpt), str(ckpt)):
+        _train_stage(stage, cfg, device, run_dir, ckpt, resume, quiet, as_json, kind)
+
+
+def _train_stage(stage, cfg, device, run_dir: Path, ckpt: Path, resume, quiet, as_json, kind) -> None:
     data = _load_data(cfg, device)
     err.print(
         f"{stage}{' ' + kind if kind else ''}: dataset {cfg.dataset} ({data.size:,} transitions, "
@@ -240,6 +275,10 @@ def _run_stage(stage: str, cfg, resume: bool, force: bool, quiet: bool, as_json:
         from .baselines import train_baseline
 
         fn = functools.partial(train_baseline, kind)
+    if device.type == "cpu":
+        import torch
+
+        _warn_if_cores_busy(torch.get_num_threads())
     summary = fn(cfg, data, run_dir, device, resume=resume, quiet=quiet)
     _print_summary(summary, as_json)
 
@@ -577,13 +616,26 @@ def init_cmd(
 
 def _run_dirs(cfg, seeds: str | None, runs: list[Path] | None) -> list[Path]:
     if runs:
+        if len({Path(r).resolve() for r in runs}) < len(runs):
+            raise UsageError("--runs names the same run directory twice.", "Name each run directory once.")
         return list(runs)
-    if seeds:
+    if seeds is not None:
         try:
             values = [int(x) for x in seeds.split(",") if x.strip()]
         except ValueError:
             raise UsageError(f"--seeds expects a comma-separated list of integers, got '{seeds}'.") from None
-        return [cfg.resolved_run_dir(s) for s in values]
+        if not values:
+            raise UsageError(f"--seeds got no seed ('{seeds}').", "Example: --seeds 0,1,2")
+        if len(set(values)) < len(values):
+            raise UsageError(f"--seeds names a seed twice ('{seeds}').", "Name each seed once.")
+        dirs = [cfg.resolved_run_dir(s) for s in values]
+        if len(set(dirs)) < len(dirs):
+            raise UsageError(
+                f"--seeds {seeds}: every seed resolves to the same run directory {dirs[0]} (the run directory "
+                f"'{cfg.run_dir}' has no {{seed}}), so one run would be counted {len(dirs)} times.",
+                "Put {seed} in --run (e.g. --run runs/exp/seed{seed}), or list the directories with --runs.",
+            )
+        return dirs
     return [cfg.resolved_run_dir()]
 
 
@@ -645,7 +697,7 @@ def eval_cmd(
         return
     results = []
     for run_dir in _run_dirs(cfg, seeds, runs):
-        res = evaluate_run(cfg, Path(run_dir), policy)
+        res = evaluate_run(cfg, Path(run_dir), policy, expect_dataset=dataset)
         results.append((run_dir, res))
         if not quiet:
             err.print(f"{run_dir}: return {res.returns.mean():.1f}", style="dim", highlight=False)
@@ -771,6 +823,34 @@ def bench_cmd(
     )
 
 
+def check_export_target(out_file: Path, src: Path, force: bool) -> None:
+    """``--out`` must be a new file or, with --force, a regular file that is not one of srpo's own: never the
+    source, a checkpoint or training state (of this run or any), a folder or a device node."""
+    if out_file.is_dir():
+        raise UsageError(f"--out {out_file} is a folder.", "Name a file, e.g. --out actor.pt")
+    if out_file.exists() or out_file.is_symlink():
+        if not out_file.is_file():
+            raise UsageError(
+                f"--out {out_file} exists and is not a regular file (a device, pipe or socket); srpo never "
+                "replaces one.",
+                "Name a new file.",
+            )
+        if src.exists() and os.path.samefile(out_file, src):
+            raise UsageError(f"--out {out_file} is the checkpoint being exported.", "Name another file.")
+        if out_file.name.endswith((".safetensors", ".state.pt", ".state.next.pt")):
+            raise UsageError(
+                f"--out {out_file} is an srpo checkpoint or training state; export never replaces one.",
+                "Name another file, e.g. --out actor.pt",
+            )
+        if not force:
+            raise UsageError(f"{out_file} already exists.", "Pass --force to overwrite it or choose another --out.")
+    parent = out_file.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out_file}: the folder {parent} does not exist.", "Create it first, or name another.")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out_file}: the folder {parent} is not writable.", "Name a file in a writable folder.")
+
+
 @app.command("export")
 @guarded
 def export_cmd(
@@ -791,10 +871,9 @@ def export_cmd(
 
     if fmt not in ("torchscript", "onnx"):
         raise UsageError(f"Unknown --format '{fmt}'.", "Choose torchscript or onnx.")
-    if out_file.exists() and not force:
-        raise UsageError(f"{out_file} already exists.", "Pass --force to overwrite it or choose another --out.")
     cfg = _config(preset, {"dataset": dataset, "run_dir": run, "seed": seed}, set_)
     src = cfg.resolved_run_dir() / policy_file(policy)
+    check_export_target(out_file, src, force)
     export_actor(src, out_file, fmt)
     out.print(f"wrote {out_file} ({fmt}) from {src}")
     layout = input_layout(load_checkpoint(src))
@@ -823,7 +902,13 @@ def pipeline_cmd(
 
     flags = {"dataset": dataset, "run_dir": run, "device": device, "seed": seed, "threads": threads}
     cfg = _config(preset, flags, set_)
+    _check_run_dir(cfg.resolved_run_dir())
     _ensure_dataset(cfg.dataset)
+    if cfg.device in ("cpu", "auto"):
+        import torch
+
+        if cfg.device == "cpu" or not torch.cuda.is_available():
+            _warn_if_cores_busy(cfg.threads or torch.get_num_threads())
     result = run_pipeline(cfg, force=force, quiet=quiet, log=err)
     if as_json:
         out.print_json(json.dumps(result))

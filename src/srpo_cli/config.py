@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -265,6 +266,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else None
     typ = type(default)
     try:
+        if isinstance(value, bool) and typ is not bool:
+            raise TypeError(value)  # YAML's true/false: a boolean is not a number
         if typ is bool:
             if isinstance(value, str):
                 low = value.strip().lower()
@@ -281,9 +284,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             value = float(value)
         elif typ is str:
             value = str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(
-            f"Invalid value {value!r} for '{key}' in {source}: expected {typ.__name__}.",
+            f"Invalid value {value!r} for '{key}' in {source}: expected {typ.__name__}"
+            + (" (a whole, finite number)." if typ is int else "."),
             f"({f.metadata.get('help', '')})",
         ) from None
     choices = f.metadata.get("choices")
@@ -348,9 +352,22 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UsageError(f"{path} is not valid YAML: {e}".replace("\n", " "), "Fix it or delete it.") from None
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{path} is not a text file.", "Fix it or delete it ('srpo init' writes a fresh one)."
+        ) from None
+    except OSError as e:
+        raise UsageError(
+            f"Cannot read {path} ({e.strerror or type(e).__name__}).",
+            "srpo reads its configuration from this file; make it a readable YAML file or remove it.",
+        ) from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a mapping of configuration keys.")
     return data
+
+
+# SRPO_* variables that are switches of the program, not configuration keys.
+NOT_CONFIG_VARIABLES = ("SRPO_PRESET", "SRPO_DEBUG", "SRPO_NO_MALLOPT")
 
 
 def env_values(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -358,7 +375,7 @@ def env_values(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = dict(os.environ if environ is None else environ)
     out: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith("SRPO_") or name in ("SRPO_PRESET", "SRPO_DEBUG"):
+        if not name.startswith("SRPO_") or name in NOT_CONFIG_VARIABLES:
             continue
         key = name[5:].lower().replace("__", ".")
         if key not in all_keys():
@@ -377,7 +394,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if key not in all_keys():
             raise _unknown(key, "--set")
-        out[key] = _coerce(key, yaml.safe_load(value) if value else value, "--set")
+        try:
+            parsed = yaml.safe_load(value) if value else value
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(
+                f"--set {item}: the value is not valid YAML ({first}).",
+                "Quote a plain string, or give a number or true/false, e.g. --set extract.beta=0.1",
+            ) from None
+        out[key] = _coerce(key, parsed, "--set")
     return out
 
 
@@ -463,7 +488,42 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
     srpo's own default.
     """
     pos, non_neg, unit = "a positive integer", "at least 0", "strictly between 0 and 1"
-    checks = [
+    positive = "a positive, finite number"
+    b, c, x, bl = cfg.behavior, cfg.critic, cfg.extract, cfg.baseline
+    checks = [(key, math.isfinite(value), "a finite number") for key, value in _float_values(cfg)]
+    checks += [
+        ("seed", cfg.seed >= 0, non_neg),
+        ("eval.seed", cfg.eval.seed >= 0, non_neg),
+        ("behavior.lr", b.lr > 0, positive),
+        ("critic.q_lr", c.q_lr > 0, positive),
+        ("critic.v_lr", c.v_lr > 0, positive),
+        ("extract.lr", x.lr > 0, positive),
+        ("baseline.lr", bl.lr > 0, positive),
+        ("behavior.weight_decay", b.weight_decay >= 0, non_neg),
+        ("behavior.dropout", 0.0 <= b.dropout < 1.0, "in [0, 1)"),
+        ("behavior.beta_0", b.beta_0 > 0, positive),
+        ("behavior.beta_1", b.beta_1 > b.beta_0, f"above behavior.beta_0 ({b.beta_0})"),
+        ("behavior.fourier_scale", b.fourier_scale > 0, positive),
+        ("critic.reward_scale", c.reward_scale > 0, positive),
+        ("critic.obs_std_eps", c.obs_std_eps > 0, positive),
+        ("baseline.temperature", bl.temperature >= 0, non_neg),
+        ("baseline.max_weight", bl.max_weight > 0, positive),
+        ("extract.eval_every", x.eval_every >= 0, f"{non_neg} (0: never)"),
+        ("extract.eval_episodes", x.eval_episodes > 0, pos),
+    ]
+    for sec in ("behavior", "critic", "extract", "baseline"):
+        for name in ("hidden_dim", "n_blocks", "block_expansion", "fourier_dim", "time_dim", "n_layers"):
+            if hasattr(getattr(cfg, sec), name):
+                checks.append((f"{sec}.{name}", getattr(getattr(cfg, sec), name) > 0, pos))
+        for name in ("log_every", "ckpt_every"):
+            checks.append((f"{sec}.{name}", getattr(getattr(cfg, sec), name) > 0, pos))
+    try:
+        cfg.resolved_run_dir()
+        run_dir_ok = True
+    except (KeyError, IndexError, ValueError, AttributeError):
+        run_dir_ok = False
+    checks.append(("run_dir", run_dir_ok, "a path whose only placeholders are {dataset} and {seed}"))
+    checks += [
         ("behavior.steps", cfg.behavior.steps > 0, pos),
         ("critic.steps", cfg.critic.steps > 0, pos),
         ("extract.steps", cfg.extract.steps > 0, pos),
@@ -518,6 +578,16 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
             f"Invalid value {value!r} for '{key}' (from {where}): it must be {requirement}.",
             f"{key}: {help_text}. To fix it, {fix}.",
         )
+
+
+def _float_values(cfg: RunConfig) -> list[tuple[str, float]]:
+    out = []
+    for key in all_keys():
+        sec, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, sec) if sec else cfg, name)
+        if isinstance(value, float):
+            out.append((key, value))
+    return out
 
 
 def write_yaml(cfg: RunConfig, path: Path, preset: str | None = None, pin_all: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ DEFAULT_RANDOM_PROB = 0.5
 def local_ids() -> list[str]:
     import minari
 
+    recover_store()
     return sorted(minari.list_local_datasets())
 
 
@@ -49,29 +51,121 @@ def missing_dataset_error(dataset_id: str, local: list[str] | None = None) -> Ru
     )
 
 
-@dataclass
-class _Cleanup:
-    """Remove a dataset folder that this operation created if it fails half-way."""
+def store_root() -> Path:
+    """The local Minari store (MINARI_DATASETS_PATH, else Minari's default)."""
+    import minari
 
-    dataset_id: str
+    return Path(minari.storage.get_dataset_path())
 
-    def __enter__(self):
-        import minari
 
-        self.path = Path(minari.storage.get_dataset_path(self.dataset_id))
-        self.existed = self.path.exists()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and not self.existed and self.path.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
-            # Minari nests ids as folders; drop the empty parents we made too.
-            parent = self.path.parent
-            root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
-            while parent != root and parent.exists() and not any(parent.iterdir()):
-                parent.rmdir()
-                parent = parent.parent
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_store() -> None:
+    """Finish or undo what a killed ``staged_dataset`` left in the store: a replaced dataset moved aside but
+    not yet deleted goes back where it was if nothing took its place; staging folders of dead processes go.
+    Both are hidden folders (``.srpo-*``), which Minari's listing skips."""
+    root = store_root()
+    for path in list(root.glob(".srpo-staging-*")) + list(root.glob(".srpo-replaced-*")):
+        try:
+            pid = int(path.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        id_file = path / "dataset_id"
+        if path.name.startswith(".srpo-replaced-") and id_file.exists():
+            target = root / id_file.read_text().strip()
+            if not target.exists() and (path / "dataset").exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path / "dataset", target)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (in the main thread), so that cleanup code runs on a kill too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def staged_dataset(dataset_id: str, force: bool):
+    """Build ``dataset_id`` in a private staging store beside the real one (Minari writes wherever
+    MINARI_DATASETS_PATH points), and put it in place only once complete: a failed or killed build, import or
+    download leaves the existing dataset (replaced with ``force``) as it was.
+
+    The swap is two renames on one file system: the old dataset moves aside, the new one takes its place, and
+    the old one is deleted. A kill between the two renames leaves the old one aside, and ``recover_store``
+    (run by every store access) puts it back."""
+    root = store_root()
+    recover_store()
+    target = root / dataset_id
+    if target.exists() and not force:
+        raise UsageError(f"Dataset '{dataset_id}' already exists at {target}.", "Pass --force to replace it.")
+    staging = root / f".srpo-staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    previous_env = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        staging.mkdir(parents=True)
+        os.environ["MINARI_DATASETS_PATH"] = str(staging)
+        with _terminate_as_interrupt():
+            yield
+            built = staging / dataset_id
+            if not (built / "data").exists():
+                raise RuntimeFailure(f"Building '{dataset_id}' produced no dataset; nothing was replaced.")
+            aside = root / f".srpo-replaced-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            if target.exists():
+                aside.mkdir()
+                (aside / "dataset_id").write_text(dataset_id)
+                os.replace(target, aside / "dataset")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(built, target)
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        if previous_env is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous_env
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remote_unreachable() -> str | None:
+    """Why Minari's remote (Hugging Face) cannot be reached, in a few milliseconds, or None. Offline, its
+    download retries for about 25 s before failing; this answers at once."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None  # Minari fails at once by itself, with its own message
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        return f"{host} is unreachable: {e.strerror or e}"
+    return None
 
 
 def fetch(dataset_id: str | None, force: bool = False) -> tuple[str, str]:
@@ -80,6 +174,7 @@ def fetch(dataset_id: str | None, force: bool = False) -> tuple[str, str]:
 
     dataset_id = dataset_id or DEFAULT_DATASET
     check_dataset_id(dataset_id)
+    recover_store()
     if dataset_id == DEFAULT_DATASET:
         if dataset_id in local_ids() and not force:
             return dataset_id, "already local"
@@ -87,17 +182,24 @@ def fetch(dataset_id: str | None, force: bool = False) -> tuple[str, str]:
         return dataset_id, "built locally"
     if dataset_id in local_ids() and not force:
         return dataset_id, "already local"
-    with _Cleanup(dataset_id):
-        try:
-            minari.download_dataset(dataset_id, force_download=force)
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RuntimeFailure(
-                f"Could not download '{dataset_id}' from Minari's remote ({first}).",
-                f"Local datasets: {', '.join(local_ids()) or 'none'}. Offline? Import a D4RL file with "
-                "'srpo fetch --d4rl-file FILE --env ENV --id ID', roll out a policy with 'srpo collect', or "
-                f"build the built-in default with 'srpo fetch {DEFAULT_DATASET}'.",
-            ) from None
+    local = local_ids()
+    why = _remote_unreachable()
+    try:
+        if why is not None:
+            raise OSError(why)
+        with staged_dataset(dataset_id, force):
+            minari.download_dataset(dataset_id)
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeFailure(
+            f"Could not download '{dataset_id}' from Minari's remote ({first})"
+            + ("; the local copy is unchanged." if dataset_id in local else "."),
+            f"Local datasets: {', '.join(local) or 'none'}. Offline? Import a D4RL file with "
+            "'srpo fetch --d4rl-file FILE --env ENV --id ID', roll out a policy with 'srpo collect', or "
+            f"build the built-in default with 'srpo fetch {DEFAULT_DATASET}'.",
+        ) from None
     return dataset_id, "downloaded"
 
 
@@ -194,20 +296,9 @@ def _create(dataset_id: str, buffers, env_id: str, ref: tuple[float, float] | No
     )
 
 
-def _remove_existing(dataset_id: str, force: bool) -> None:
-    import minari
-
-    path = Path(minari.storage.get_dataset_path(dataset_id))
-    if path.exists():
-        if not force:
-            raise UsageError(f"Dataset '{dataset_id}' already exists at {path}.", "Pass --force to replace it.")
-        shutil.rmtree(path)
-
-
 def build_default_dataset(force: bool = False, episodes: int = DEFAULT_EPISODES, seed: int = 0) -> str:
     """Build the offline built-in default dataset with measured reference scores."""
     dataset_id = DEFAULT_DATASET
-    _remove_existing(dataset_id, force)
 
     def noisy(obs, rng):
         a = pendulum_controller(obs)
@@ -222,7 +313,7 @@ def build_default_dataset(force: bool = False, episodes: int = DEFAULT_EPISODES,
     _, expert_returns = rollout_buffers(
         DEFAULT_ENV, lambda o, rng: pendulum_controller(o), None, 50, seed=20_000 + seed
     )
-    with _Cleanup(dataset_id):
+    with staged_dataset(dataset_id, force):
         buffers, returns = rollout_buffers(DEFAULT_ENV, noisy, None, episodes, seed=seed)
         _create(
             dataset_id,
@@ -234,6 +325,34 @@ def build_default_dataset(force: bool = False, episodes: int = DEFAULT_EPISODES,
             "scores: mean return of uniform random torques (min) and of the noiseless controller (max).",
         )
     return dataset_id
+
+
+def _make_env(env_id: str):
+    import gymnasium as gym
+
+    try:
+        return gym.make(env_id)
+    except Exception as e:
+        raise RuntimeFailure(
+            f"Cannot create environment '{env_id}' ({str(e).splitlines()[0] if str(e) else type(e).__name__}).",
+            "Check the id (e.g. 'Hopper-v5') and that its package is installed (gymnasium[mujoco] for MuJoCo).",
+        ) from None
+
+
+def _check_env_dims(env_id: str, obs_dim: int, action_dim: int, what: str) -> None:
+    """The data's observation and action sizes must be the environment's: a dataset recorded against the wrong
+    --env would train 1-dim actions broadcast to 3, or evaluate on an environment it does not describe."""
+    from .evaluate import check_env_matches
+
+    env = _make_env(env_id)
+    try:
+        check_env_matches(env, obs_dim, action_dim, what)
+    except RuntimeFailure as e:
+        raise UsageError(
+            e.message, "Pass the --env the data was recorded in (e.g. Hopper-v5 for hopper files)."
+        ) from None
+    finally:
+        env.close()
 
 
 @dataclass
@@ -294,6 +413,13 @@ def import_d4rl(
     n = len(rew)
     if not (len(obs) == len(act) == len(term) == len(tout) == n) or (nxt is not None and len(nxt) != n):
         raise UsageError(f"{file}: the arrays have different lengths; the file is damaged.")
+    if n == 0:
+        raise UsageError(f"{file} holds no transitions (its arrays have zero rows).", "Check the file.")
+    if obs.ndim != 2 or act.ndim != 2:
+        raise UsageError(
+            f"{file}: observations and actions must be tables [rows, dims], got shapes {obs.shape} and {act.shape}."
+        )
+    _check_env_dims(env_id, obs.shape[1], act.shape[1], f"{file}")
     fam = _family(env_id, dataset_id)
     if ref_min is not None and ref_max is not None:
         ref = (ref_min, ref_max)
@@ -301,7 +427,6 @@ def import_d4rl(
         ref = D4RL_REF[fam]
     else:
         ref = None
-    _remove_existing(dataset_id, force)
     from minari.data_collector import EpisodeBuffer
 
     ends = np.flatnonzero(term | tout)
@@ -334,7 +459,7 @@ def import_d4rl(
         steps += len(a)
     if not buffers:
         raise UsageError(f"{file} holds no complete transitions.")
-    with _Cleanup(dataset_id):
+    with staged_dataset(dataset_id, force):
         try:
             _create(
                 dataset_id,
@@ -371,7 +496,11 @@ def collect(
     check_dataset_id(dataset_id)
     if steps <= 0:
         raise UsageError(f"--steps must be positive, got {steps}.")
-    _remove_existing(dataset_id, force)
+    recover_store()
+    if (store_root() / dataset_id).exists() and not force:
+        raise UsageError(
+            f"Dataset '{dataset_id}' already exists at {store_root() / dataset_id}.", "Pass --force to replace it."
+        )
     if policy == "random":
         space = None
 
@@ -391,6 +520,19 @@ def collect(
         actor = actor_policy(ckpt)
         # a policy trained on Dict observations (goal-conditioned tasks) gets them flattened as in training
         trained_space = trained_observation_space(ckpt.meta["extra"])
+        env = _make_env(env_id)
+        try:
+            if trained_space is None and isinstance(env.observation_space, gym.spaces.Dict | gym.spaces.Tuple):
+                raise UsageError(
+                    f"{env_id} observes {type(env.observation_space).__name__} spaces, but {policy} was trained on "
+                    "vector observations.",
+                    "Roll out a policy trained on this environment's datasets.",
+                )
+            from .evaluate import check_env_matches
+
+            check_env_matches(env, ckpt.meta["obs_dim"], ckpt.meta["action_dim"], policy)
+        finally:
+            env.close()
 
         def act(obs, rng):
             if isinstance(obs, dict | tuple) and trained_space is None:
@@ -404,7 +546,7 @@ def collect(
                 a = np.clip(a + noise * rng.standard_normal(a.shape), -1.0, 1.0)
             return actor.to_env(a[None])[0]
 
-    with _Cleanup(dataset_id):
+    with staged_dataset(dataset_id, force):
         buffers, returns = rollout_buffers(env_id, act, steps, None, seed)
         ref = (ref_min, ref_max) if ref_min is not None and ref_max is not None else None
         _create(dataset_id, buffers, env_id, ref, f"srpo collect --policy {policy}", f"Rollouts of {policy}.")

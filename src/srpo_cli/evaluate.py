@@ -61,6 +61,34 @@ def make_env_fn(
     return factory
 
 
+def check_env_matches(env: Any, obs_dim: int, action_dim: int, what: str) -> None:
+    """Refuse a policy whose input or output size is not the environment's (``env``: an environment or a
+    factory of one). Unchecked, a policy reads past the end of a shorter observation, or one action component
+    is broadcast to all."""
+    import gymnasium as gym
+
+    made = callable(env) and not isinstance(env, gym.Env)
+    e = env() if made else env
+    try:
+        env_obs = int(gym.spaces.flatdim(e.observation_space))
+        shape = e.action_space.shape
+        env_act = int(np.prod(shape)) if shape is not None else None
+        name = e.spec.id if e.spec is not None else type(e.unwrapped).__name__
+    finally:
+        if made:
+            e.close()
+    problems = []
+    if env_obs != obs_dim:
+        problems.append(f"observations of {env_obs} numbers where it expects {obs_dim}")
+    if env_act is not None and env_act != action_dim:
+        problems.append(f"actions of {env_act} numbers where it gives {action_dim}")
+    if problems:
+        raise RuntimeFailure(
+            f"{what} does not fit environment {name}: {' and '.join(problems)}.",
+            "Use a policy trained on a dataset of this environment (or the environment its dataset records).",
+        )
+
+
 @dataclass
 class EvalResult:
     returns: np.ndarray

@@ -48,10 +48,15 @@ def q_gradient(
 def check_inputs(behavior_ckpt, critic_ckpt, data: Transitions) -> None:
     check_same_lineage(behavior_ckpt, critic_ckpt)
     for ck in (behavior_ckpt, critic_ckpt):
-        if ck.meta["dataset_id"] != data.dataset_id or ck.meta["obs_dim"] != data.obs_dim:
+        if (ck.meta["dataset_id"], ck.meta["obs_dim"], ck.meta["action_dim"]) != (
+            data.dataset_id,
+            data.obs_dim,
+            data.action_dim,
+        ):
             raise RuntimeFailure(
-                f"{ck.path} was trained on '{ck.meta['dataset_id']}' (obs_dim {ck.meta['obs_dim']}) but extraction "
-                f"is running on '{data.dataset_id}' (obs_dim {data.obs_dim}).",
+                f"{ck.path} was trained on '{ck.meta['dataset_id']}' (obs_dim {ck.meta['obs_dim']}, action_dim "
+                f"{ck.meta['action_dim']}) but this stage runs on '{data.dataset_id}' (obs_dim {data.obs_dim}, "
+                f"action_dim {data.action_dim}).",
                 "Use the same --dataset as the earlier stages, or another --run directory.",
             )
 

@@ -32,6 +32,7 @@ class NumpyActor:
     ):
         # Weights stored transposed and contiguous so each layer is x @ W + b.
         self.layers = [(np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)) for w, b in layers]
+        self.obs_dim = self.layers[0][0].shape[0]
         self.action_dim = self.layers[-1][0].shape[1]
         self.low = action_low.astype(np.float32)
         self.half_range = ((action_high - action_low) * 0.5).astype(np.float32)
@@ -61,6 +62,8 @@ class NumpyActor:
 
     def act_vector(self, obs: np.ndarray) -> np.ndarray:
         """One observation [obs_dim] (float32, contiguous) -> a new action array [action_dim] in [-1, 1]."""
+        if obs.shape != (self.obs_dim,):  # the compiled kernel trusts its input's length
+            raise self._shape_error(obs.shape)
         out = np.empty(self.action_dim, dtype=np.float32)
         if self._kernel is not None:
             self._kernel(obs, self._params, self._dims, self._scratch, out)
@@ -77,8 +80,16 @@ class NumpyActor:
         """One observation [1, obs_dim] -> [1, action_dim] in [-1, 1]. Not re-entrant (shared buffers)."""
         return self.act_vector(obs[0])[None]
 
+    def _shape_error(self, shape: tuple[int, ...]) -> RuntimeFailure:
+        return RuntimeFailure(
+            f"The policy takes observations of {self.obs_dim} numbers, got an array of shape {tuple(shape)}.",
+            "Give it observations of the environment (and dataset) it was trained on.",
+        )
+
     def act_normalized(self, obs: np.ndarray) -> np.ndarray:
-        if obs.shape[0] == 1 and obs.ndim == 2:
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise self._shape_error(obs.shape)
+        if obs.shape[0] == 1:
             return self.act_one(obs)
         x = obs
         last = len(self.layers) - 1

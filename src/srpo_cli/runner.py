@@ -17,9 +17,18 @@ import torch
 from .checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from .config import RunConfig
 from .errors import Interrupted, UsageError
-from .evaluate import EvalResult, evaluate, latency, make_env_fn
-from .policies import DiffusionPolicy, NumpyActor, action_bounds, actor_module, actor_policy, load_behavior, load_critic
-from .training import kept_files, resolve_device
+from .evaluate import EvalResult, check_env_matches, evaluate, latency, make_env_fn
+from .policies import (
+    DiffusionPolicy,
+    NumpyActor,
+    action_bounds,
+    actor_module,
+    actor_policy,
+    check_same_lineage,
+    load_behavior,
+    load_critic,
+)
+from .training import has_train_state, kept_files, resolve_device, staged_metrics_path
 
 POLICY_FILES = {"srpo": "actor.safetensors", "awr": "awr.safetensors", "bc": "bc.safetensors"}
 
@@ -32,7 +41,8 @@ def policy_file(policy: str) -> str:
 
 def _diffusion_policy(cfg: RunConfig, run_dir: Path, device: torch.device):
     behavior, schedule, b_ckpt = load_behavior(run_dir / "behavior.safetensors", device)
-    _, q_target, _, _ = load_critic(run_dir / "critic.safetensors", device)
+    _, q_target, _, c_ckpt = load_critic(run_dir / "critic.safetensors", device)
+    check_same_lineage(b_ckpt, c_ckpt)
     low, high = action_bounds(b_ckpt)
     pol = DiffusionPolicy(
         behavior,
@@ -48,13 +58,23 @@ def _diffusion_policy(cfg: RunConfig, run_dir: Path, device: torch.device):
     return pol, b_ckpt
 
 
-def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo") -> EvalResult:
-    """Evaluate one run directory's policy and record per-episode returns in ``run_dir/eval.json``."""
+def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo", expect_dataset: str | None = None) -> EvalResult:
+    """Evaluate one run directory's policy and record per-episode returns in ``run_dir/eval.json``.
+
+    ``expect_dataset``: the dataset the user named; a policy trained on another is refused rather than
+    evaluated on its own environment without a word."""
     if policy == "diffusion":
         pol, ckpt = _diffusion_policy(cfg, run_dir, resolve_device(cfg.device))
-        res = _evaluate(cfg, pol, ckpt)
     else:
-        res = _evaluate_actor(cfg, load_checkpoint(run_dir / policy_file(policy)))
+        ckpt = load_checkpoint(run_dir / policy_file(policy))
+        pol = None
+    if expect_dataset is not None and ckpt.meta["dataset_id"] != expect_dataset:
+        raise UsageError(
+            f"{ckpt.path} was trained on '{ckpt.meta['dataset_id']}', not on --dataset {expect_dataset}.",
+            "Drop --dataset to evaluate it on its own dataset's environment, or point --run at a run of "
+            f"{expect_dataset}.",
+        )
+    res = _evaluate(cfg, pol, ckpt) if pol is not None else _evaluate_actor(cfg, ckpt)
     record_eval(run_dir, policy, res, cfg)
     return res
 
@@ -68,6 +88,7 @@ def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
     """``pol`` on the environment and reference scores that ``ckpt`` records."""
     extra = ckpt.meta["extra"]
     env_fn = make_env_fn(extra.get("eval_env_spec"), ckpt.meta["dataset_id"], extra.get("observation_space"))
+    check_env_matches(env_fn, ckpt.meta["obs_dim"], ckpt.meta["action_dim"], str(ckpt.path))
     res = evaluate(
         pol,
         env_fn,
@@ -261,8 +282,6 @@ def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | Non
     """What a pipeline does with one stage's checkpoint: 'skip' (finished), 'resume' (partial, with its
     training state) or 'train' (absent, or --force). With ``cfg``, a checkpoint trained with another
     configuration is refused rather than silently reused."""
-    from .training import state_path
-
     if force or not path.exists():
         return "train"
     ckpt = load_checkpoint(path)
@@ -282,7 +301,7 @@ def stage_plan(path: Path, steps: int, force: bool = False, cfg: RunConfig | Non
             )
     if ckpt.meta["step"] >= steps:
         return "skip"
-    return "resume" if state_path(path).exists() else "train"
+    return "resume" if has_train_state(path) else "train"
 
 
 # What each stage reads besides the data: a stage starts side by side once these are finished.
@@ -473,7 +492,9 @@ def train_side_by_side(
                     finished.add(name)
                 else:
                     failed = True
-            row = _last_metrics(run_dir / "metrics" / f"{name}.csv")
+            csv_path = run_dir / "metrics" / f"{name}.csv"
+            staged = staged_metrics_path(csv_path)  # a run replacing another, before its first checkpoint
+            row = _last_metrics(staged if staged.exists() else csv_path)
             if row:
                 losses = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("step", "wall_s", "steps_per_s"))
                 progress.update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state, sha256_file
+from .checkpoint import (
+    atomic_write,
+    exclusive,
+    load_checkpoint,
+    load_train_state,
+    lock_path,
+    remove_stale_temps,
+    save_checkpoint,
+    save_train_state,
+    sha256_file,
+)
 from .config import RunConfig
 from .data import BatchSampler, Transitions
 from .errors import Interrupted, RuntimeFailure, UsageError
@@ -200,6 +211,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def busy_cores_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when other processes already keep the cores that a stage's ``threads`` would use busy.
+
+    torch's threads wait for each other at every operation, so one that shares its core with another busy
+    process holds all of them up: a two-thread critic measured 1.8 steps/s on a 2-core machine whose cores
+    were both taken, where it does hundreds alone."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return None
+    cores = cores or os.cpu_count() or 1
+    free = cores - load
+    if threads <= 1 or threads <= free + 0.5:
+        return None
+    fit = max(1, int(free + 0.5))
+    return (
+        f"the load average is {load:.1f} on {cores} cores, so only about {max(free, 0):.1f} are free, and this "
+        f"stage would run {threads} threads; threads that share their cores with other busy processes slow the "
+        f"whole stage down many times over. Pass --threads {fit} (or wait for the other work to finish)."
+    )
+
+
 class Stage:
     """One training stage. Subclasses fill ``modules`` (saved to the checkpoint), ``optimizers``,
     ``schedulers`` and implement ``step()`` returning 0-d loss tensors (not synchronised to the host)."""
@@ -245,9 +279,11 @@ class Stage:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        # State first, weights second: a crash between the two leaves a newer state that resume detects.
-        save_train_state(state_path(path), state)
+        # The new state goes beside the last one, then the weights replace theirs, then the new state replaces
+        # the old: killed at any point, one of the two state files matches the weights (``load`` picks it).
+        save_train_state(next_state_path(path), state)
         self.save_weights(path, step)
+        os.replace(next_state_path(path), state_path(path))
 
     def save_weights(self, path: Path, step: int) -> None:
         """The checkpoint alone (no training state): what downstream stages, eval and export read."""
@@ -270,18 +306,14 @@ class Stage:
                 "dataset_mean_return": float(self.data.episode_returns.mean()),
                 "eval_env_spec": self.data.info.get("eval_env_spec"),
                 "observation_space": self.data.info.get("observation_space"),
+                # same seed, same thread count, same result: what a comparison of two runs must match
+                "threads": torch.get_num_threads(),
             },
         )
 
     def load(self, path: Path) -> int:
         ckpt = load_checkpoint(path, self.ckpt_stage)
-        state = load_train_state(state_path(path))
-        if int(state["step"]) != ckpt.meta["step"]:
-            raise RuntimeFailure(
-                f"Cannot resume: {path} is at step {ckpt.meta['step']} but its training state is at step "
-                f"{state['step']} (a run was interrupted between the two writes).",
-                "Start over with --force.",
-            )
+        state = matching_train_state(path, ckpt.meta["step"])
         for k, m in self.modules.items():
             m.load_state_dict({n: v.to(self.device) for n, v in ckpt.section(k).items()})
         for k, o in self.optimizers.items():
@@ -320,6 +352,39 @@ def state_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name.replace(".safetensors", "") + ".state.pt")
 
 
+def next_state_path(ckpt: Path) -> Path:
+    """Where ``Stage.save`` writes the new training state before the weights it belongs to are in place."""
+    return ckpt.with_name(ckpt.name.replace(".safetensors", "") + ".state.next.pt")
+
+
+def has_train_state(ckpt: Path) -> bool:
+    return state_path(ckpt).exists() or next_state_path(ckpt).exists()
+
+
+def matching_train_state(ckpt: Path, step: int) -> dict[str, Any]:
+    """The training state written with the weights of ``step``: the current state file, or the next one where
+    the run was killed after the weights were replaced and before the state file was (then it takes the
+    current one's place). A next state of a later step belongs to weights that were never written: removed."""
+    current, nxt = state_path(ckpt), next_state_path(ckpt)
+    found: list[int] = []
+    if nxt.exists():
+        state = load_train_state(nxt)
+        if int(state["step"]) == step:
+            os.replace(nxt, current)
+            return state
+        found.append(int(state["step"]))
+        nxt.unlink()
+    state = load_train_state(current)
+    if int(state["step"]) != step:
+        found.append(int(state["step"]))
+        raise RuntimeFailure(
+            f"Cannot resume: {ckpt} is at step {step} but its training state is at step "
+            f"{' and '.join(map(str, found))} (the files were replaced or copied separately).",
+            "Start over with --force.",
+        )
+    return state
+
+
 def kept_path(ckpt: Path, step: int) -> Path:
     """Where ``fit(keep_every=...)`` keeps the weights of ``step``: ``actors/actor-00010000.safetensors`` beside
     ``actor.safetensors`` (zero-padded, so that names sort by step)."""
@@ -340,26 +405,52 @@ def _format_losses(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in values.items())
 
 
+def staged_metrics_path(path: Path) -> Path:
+    """Where a run that replaces another (--force) writes its metrics until its first checkpoint."""
+    return path.with_name(f".{path.name}.new")
+
+
 class MetricsCSV:
-    """Append-only metrics file; on resume, rows past the resumed step are dropped so curves stay clean."""
+    """Append-only metrics file; on resume, rows past the resumed step are dropped so curves stay clean.
+
+    A run that replaces an earlier one writes to ``staged_metrics_path`` until ``commit()``, called once its
+    first checkpoint has replaced the earlier run's: killed before that, the old history stays with the old
+    weights. Rewrites (resume, a late column) are atomic, so a kill never truncates the file."""
 
     def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+        self.target = path
         self.fields: list[str] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        staged = staged_metrics_path(path)
+        staged.unlink(missing_ok=True)
         if resume_step is None or not path.exists():
-            path.write_text("")
+            self.path = staged if path.exists() else path
+            self.path.write_text("")
             return
+        self.path = path
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         keep = [r for r in rows if r.get("step") and int(r["step"]) <= resume_step]
         if rows:
             self.fields = list(rows[0].keys())
-        with open(path, "w", newline="") as f:
-            if self.fields:
-                w = csv.DictWriter(f, fieldnames=self.fields)
-                w.writeheader()
-                w.writerows(keep)
+        self._rewrite(keep)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                if self.fields:
+                    w = csv.DictWriter(f, fieldnames=self.fields)
+                    w.writeheader()
+                    w.writerows(rows)
+
+        atomic_write(self.path, write)
+
+    def commit(self) -> None:
+        """Put a staged file in the place of the replaced run's (after this run's first checkpoint)."""
+        if self.path != self.target:
+            os.replace(self.path, self.target)
+            self.path = self.target
 
     def write(self, row: dict[str, Any]) -> None:
         if self.fields is None:
@@ -372,10 +463,7 @@ class MetricsCSV:
                 self.fields.append(k)
                 with open(self.path, newline="") as f:
                     rows = list(csv.DictReader(f))
-                with open(self.path, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=self.fields)
-                    w.writeheader()
-                    w.writerows(rows)
+                self._rewrite(rows)
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields).writerow(row)
 
@@ -410,16 +498,33 @@ def fit(
     """Train ``stage`` to ``total_steps``, checkpointing atomically. Returns a summary.
 
     ``keep_every``: also write the weights every N steps (and at the end) to ``kept_path(ckpt_path, step)``,
-    files that no later step overwrites, for evaluating the policy over training afterwards."""
+    files that no later step overwrites, for evaluating the policy over training afterwards.
+
+    One writer per checkpoint: a second process training the same stage into the same run is refused while
+    this one runs (``checkpoint.exclusive``)."""
+    with exclusive(lock_path(ckpt_path), f"{ckpt_path}"):
+        return _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, stop_at, hooks, keep_every)
+
+
+def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, stop_at, hooks, keep_every):
+    for f in (ckpt_path, state_path(ckpt_path), next_state_path(ckpt_path)):
+        remove_stale_temps(f)  # left by a process killed inside a write; we hold the stage's lock
     start = stage.load(ckpt_path) if resume else 0
     if start > total_steps:
         raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
     metrics = MetricsCSV(ckpt_path.parent / "metrics" / f"{stage.name}.csv", start if resume else None)
     # Kept weights beyond the starting step belong to a run being replaced (--force) or to the stretch after
-    # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve.
-    for old in kept_files(ckpt_path):
-        if old[0] > start:
-            old[1].unlink()
+    # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve. They
+    # go when this run's first checkpoint replaces the old one (killed before, the old run stays whole).
+    stale_kept = {p for s, p in kept_files(ckpt_path) if s > start}
+
+    def save(step: int) -> None:
+        stage.save(ckpt_path, step)
+        metrics.commit()
+        for p in stale_kept:
+            p.unlink(missing_ok=True)
+        stale_kept.clear()
+
     end = total_steps if stop_at is None else min(stop_at, total_steps)
     hooks = hooks or []
     log_every = max(1, log_every)
@@ -503,12 +608,14 @@ def fit(
                         if not quiet:
                             progress.console.print(f"{stage.name} step {step}: {_format_losses(extra)}")
                 if keep_every > 0 and (step % keep_every == 0 or step == total_steps):
-                    stage.save_weights(kept_path(ckpt_path, step), step)
+                    kept = kept_path(ckpt_path, step)
+                    stage.save_weights(kept, step)
+                    stale_kept.discard(kept)
                 if step % ckpt_every == 0 and step != end:
                     flush(step)
-                    stage.save(ckpt_path, step)
+                    save(step)
             flush(step)
-            stage.save(ckpt_path, step)
+            save(step)
     except KeyboardInterrupt:
         pending.clear()
         if _STOP["torn"]:
@@ -518,7 +625,7 @@ def fit(
                 f"step's state is not saved, and {kept}.",
                 "Continue with --resume where a checkpoint exists, else start the stage again.",
             ) from None
-        stage.save(ckpt_path, step)
+        save(step)
         raise Interrupted(
             f"Interrupted at step {step}; checkpoint written to {ckpt_path}.", "Continue with --resume."
         ) from None
