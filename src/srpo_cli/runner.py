@@ -213,7 +213,8 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
         r["throughput_256"] = throughput(lambda: frozen(c256), max(10, repeats // 10))
     results["srpo actor (TorchScript frozen, cpu)"] = r
 
-    diff, _ = _diffusion_policy(cfg, run_dir, device)
+    diff, b_ckpt = _diffusion_policy(cfg, run_dir, device)
+    check_same_lineage(ckpt, b_ckpt)  # the two rows must act on the same observations
 
     def diff_act(x):
         a = diff.act_tensor(x)
