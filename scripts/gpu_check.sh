@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in one run on a machine with a CUDA GPU (BENCHMARKS.md, "On a GPU"):
 #   1. the test suite with --device cuda (the training tests train, resume and load on the GPU);
-#   2. each stage's steps/s at the paper's batch sizes (examples/bench_speed.py --device cuda), beside the
+#   2. each stage's steps/s at the paper's batch sizes (tools/perf/bench_speed.py --device cuda), beside the
 #      authors' code when REFERENCE points at a copy of github.com/thu-ml/SRPO;
 #   3. the README's five commands in a fresh folder, where `--device auto` picks the GPU, with their wall times.
 # Usage: OUT=folder [REFERENCE=path] [PYTHON=python3] bash scripts/gpu_check.sh
@@ -39,7 +39,7 @@ tail -n 25 "$OUT/tests.log"
 
 echo "== 2. steps/s, --device cuda"
 start=$SECONDS
-timeout "${BENCH_TIMEOUT:-240}" $PY examples/bench_speed.py --device cuda ${REFERENCE:+--reference "$REFERENCE"} \
+timeout "${BENCH_TIMEOUT:-240}" $PY tools/perf/bench_speed.py --device cuda ${REFERENCE:+--reference "$REFERENCE"} \
     --rounds "${ROUNDS:-2}" > "$OUT/bench.txt" 2> "$OUT/bench.err"
 echo "bench rc=$? in $((SECONDS - start)) s"
 cat "$OUT/bench.txt"

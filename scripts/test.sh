@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check src tests tools
+ruff check src tests tools reproductions examples
+lint-imports  # the package's layers import only downward (pyproject.toml, docs/architecture.md)
 python -m pytest "$@"

@@ -41,7 +41,7 @@ def minari_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_dataset(minari_store) -> str:
     """The built-in default dataset exactly as `srpo fetch` builds it (40,000 transitions, a few seconds)."""
-    from srpo_cli.datasets import build_default_dataset
+    from srpo_cli.data.builders import build_default_dataset
 
     return build_default_dataset()
 

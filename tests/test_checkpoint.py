@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from srpo_cli.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from srpo_cli.errors import RuntimeFailure
+from srpo_cli.train.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 
 
 def _save(path, step=5):
@@ -64,7 +64,7 @@ def test_interrupted_write_keeps_the_last_good_file(tmp_path, monkeypatch):
     path = tmp_path / "c.safetensors"
     _save(path, step=1)
     before = sha256_file(path)
-    import srpo_cli.checkpoint as ck
+    import srpo_cli.train.checkpoint as ck
 
     def boom(tensors, filename, metadata=None):
         with open(filename, "wb") as f:

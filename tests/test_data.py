@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from srpo_cli.data import BatchSampler, episodes_to_arrays, load_transitions, scale_rewards
-from srpo_cli.datasets import D4RL_REF, import_d4rl
+from srpo_cli.data.builders import D4RL_REF, import_d4rl
+from srpo_cli.data.transitions import BatchSampler, episodes_to_arrays, load_transitions, scale_rewards
 from srpo_cli.errors import RuntimeFailure, UsageError
 
 
@@ -52,7 +52,7 @@ def test_non_finite_values_are_refused_with_field_and_count(monkeypatch):
         terminations = np.array([False, False])
 
     arrays = episodes_to_arrays([Ep()])
-    from srpo_cli import data
+    from srpo_cli.data import transitions as data
 
     with pytest.raises(RuntimeFailure, match="2 non-finite values .* 'rewards'"):
         data._check_finite(arrays, "x/y-v0")
@@ -157,8 +157,8 @@ def test_dict_observations_are_flattened_as_evaluation_flattens_them(tmp_path):
     the same vector for the same state. The entries sort the other way round from how the env builds them."""
     from goal_env import register
 
-    from srpo_cli.datasets import collect
-    from srpo_cli.evaluate import make_env_fn
+    from srpo_cli.act.evaluate import make_env_fn
+    from srpo_cli.collect import collect
 
     env_id = register()
     dataset_id, _ = collect(env_id, "test/goal/random-v0", "random", steps=60, seed=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from srpo_cli.config import BehaviorConfig
-from srpo_cli.diffusion import Dropout, ScoreNet, VPSchedule, _lambda_uniform_times, eps_loss, sample_actions
+from srpo_cli.nn.diffusion import Dropout, ScoreNet, VPSchedule, _lambda_uniform_times, eps_loss, sample_actions
 
 
 def test_schedule_check_points():
@@ -83,7 +83,7 @@ def test_behavior_model_recovers_state_conditioned_modes():
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_fast_mish_is_mish(fused):
-    from srpo_cli.diffusion import mish
+    from srpo_cli.nn.diffusion import mish
 
     x = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64), torch.randn(500, dtype=torch.float64)])
     torch.testing.assert_close(mish(x, fused), torch.nn.functional.mish(x))  # no-grad path (frozen nets)
@@ -102,7 +102,7 @@ def test_fast_mish_is_mish(fused):
 def test_fused_mish_in_bf16_autocast_keeps_the_dtype_and_the_values():
     """Under the behavior stage's bf16 autocast the fused kernels get bf16 tensors: they must return bf16
     (autocast must not turn their element-wise ops to fp32) and be as close to Mish as bf16 allows."""
-    from srpo_cli.diffusion import mish
+    from srpo_cli.nn.diffusion import mish
 
     x = (torch.randn(256, 1024) * 4).bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -136,7 +136,7 @@ def test_the_fused_behavior_net_trains_like_the_eager_one():
 
 def test_fused_mish_falls_back_to_eager_with_a_warning(monkeypatch, capsys):
     """No C++ compiler: the fused Mish warns once, naming the field that turns it off, and computes Mish."""
-    from srpo_cli import diffusion
+    from srpo_cli.nn import diffusion
 
     def no_compiler(fn, **kwargs):
         def fails(*args, **kw):

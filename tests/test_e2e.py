@@ -3,11 +3,11 @@
 import torch
 from conftest import tiny_cfg
 
-from srpo_cli.behavior import train_behavior
-from srpo_cli.critic import train_critic
-from srpo_cli.data import load_transitions
-from srpo_cli.extract import train_actor
-from srpo_cli.runner import evaluate_run
+from srpo_cli.algos.behavior import train_behavior
+from srpo_cli.algos.critic import train_critic
+from srpo_cli.algos.extract import train_actor
+from srpo_cli.data.transitions import load_transitions
+from srpo_cli.pipeline import evaluate_run
 
 
 def test_default_pipeline_beats_random(tmp_path, default_dataset, device):
@@ -34,7 +34,7 @@ def test_goal_conditioned_dataset_trains_and_evaluates(tmp_path, device):
     it, so the actor and the diffusion baseline act on the vectors they were trained on."""
     from goal_env import register
 
-    from srpo_cli.datasets import collect
+    from srpo_cli.collect import collect
 
     dataset_id, _ = collect(register(), "test/goal/e2e-v0", "random", steps=200, seed=1)
     cfg = tiny_cfg(dataset_id)

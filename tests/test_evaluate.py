@@ -2,7 +2,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from srpo_cli.evaluate import EvalResult, aggregate_seeds, latency, run_episodes
+from srpo_cli.act.evaluate import EvalResult, aggregate_seeds, latency, run_episodes
 
 
 class TaggedEnv(gym.Env):
@@ -74,8 +74,8 @@ def test_numpy_actor_matches_the_torch_actor_at_batch_one_and_n(n_layers, hidden
     the torch module's actions, and results must not alias its buffers."""
     import torch
 
-    from srpo_cli.networks import TanhActor
-    from srpo_cli.policies import NumpyActor
+    from srpo_cli.act.policies import NumpyActor
+    from srpo_cli.nn.networks import TanhActor
 
     torch.manual_seed(0)
     net = TanhActor(11, 3, hidden, n_layers).eval()
@@ -101,8 +101,8 @@ def test_actor_fast_path_propagates_nan_like_torch(compiled):
     """A NaN observation must give a NaN action (as torch does), never a finite action a robot would apply."""
     import torch
 
-    from srpo_cli.networks import TanhActor
-    from srpo_cli.policies import NumpyActor
+    from srpo_cli.act.policies import NumpyActor
+    from srpo_cli.nn.networks import TanhActor
 
     net = TanhActor(4, 2, 32, 2)
     actor = NumpyActor.from_module(net, -np.ones(2, np.float32), np.ones(2, np.float32), compiled=compiled)

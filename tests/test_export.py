@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from srpo_cli.checkpoint import save_checkpoint
+from srpo_cli.act.export import export_actor
+from srpo_cli.act.policies import load_actor_policy
 from srpo_cli.errors import RuntimeFailure
-from srpo_cli.export import export_actor
-from srpo_cli.networks import TanhActor
-from srpo_cli.policies import load_actor_policy
+from srpo_cli.nn.networks import TanhActor
+from srpo_cli.train.checkpoint import save_checkpoint
 
 
 def save_actor(path, obs_dim: int, low: list[float], high: list[float], extra: dict | None = None):

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from srpo_cli.extract import q_gradient
-from srpo_cli.losses import expectile_loss, iql_q_target, srpo_loss, srpo_weight, twin_q_loss
-from srpo_cli.networks import EnsembleQ, polyak_update
+from srpo_cli.algos.extract import q_gradient
+from srpo_cli.algos.losses import expectile_loss, iql_q_target, srpo_loss, srpo_weight, twin_q_loss
+from srpo_cli.nn.networks import EnsembleQ, polyak_update
 
 
 def test_expectile_loss_by_hand():
@@ -120,9 +120,9 @@ def test_q_gradient_mean_min_and_normalization():
 def test_srpo_loss_through_q_has_the_explicit_q_gradient_form(reduce):
     """The extraction's one-backward form must give the actor exactly the gradient of the spec's
     mean(w <e, a> - beta <g, a>) with g = dQ/da detached."""
-    from srpo_cli.extract import reduce_q
-    from srpo_cli.losses import srpo_loss_through_q
-    from srpo_cli.networks import EnsembleQ, TanhActor
+    from srpo_cli.algos.extract import reduce_q
+    from srpo_cli.algos.losses import srpo_loss_through_q
+    from srpo_cli.nn.networks import EnsembleQ, TanhActor
 
     torch.manual_seed(0)
     actor, q_net = TanhActor(5, 3, 32, 2), EnsembleQ(5, 3, 32, 2).requires_grad_(False)
@@ -145,8 +145,8 @@ def test_srpo_loss_through_q_has_the_explicit_q_gradient_form(reduce):
 def test_normalized_critic_sees_standardized_states():
     """With normalize_obs, Q and V of raw states equal the plain nets on (s - mean) / std: rescaling a state
     dimension by 1000 and setting the statistics to match changes nothing."""
-    from srpo_cli.data import observation_statistics
-    from srpo_cli.networks import ValueNet
+    from srpo_cli.data.transitions import observation_statistics
+    from srpo_cli.nn.networks import ValueNet
 
     torch.manual_seed(0)
     s = torch.randn(64, 4) * torch.tensor([0.1, 1.0, 10.0, 3.0]) + 5.0
@@ -185,9 +185,9 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q, 
     autograd's gradients of expectile_loss + twin_q_loss through the plain forward passes."""
     import numpy as np
 
+    from srpo_cli.algos.critic import CriticStage
     from srpo_cli.config import RunConfig
-    from srpo_cli.critic import CriticStage
-    from srpo_cli.data import Transitions
+    from srpo_cli.data.transitions import Transitions
 
     g = torch.Generator().manual_seed(0)
     n, obs, act = 512, 5, 2
@@ -246,10 +246,10 @@ def test_extraction_hand_written_gradients_equal_autograd(
 ):
     """The extraction step's actor gradients come from the actor's and Q's hand-written backward; with the
     same random draws they must equal autograd's on the spec-form loss (srpo_actor_loss)."""
+    from srpo_cli.algos.extract import srpo_actor_grads, srpo_actor_loss
     from srpo_cli.config import ExtractConfig
-    from srpo_cli.diffusion import ScoreNet, VPSchedule
-    from srpo_cli.extract import srpo_actor_grads, srpo_actor_loss
-    from srpo_cli.networks import TanhActor
+    from srpo_cli.nn.diffusion import ScoreNet, VPSchedule
+    from srpo_cli.nn.networks import TanhActor
 
     torch.manual_seed(0)
     actor = TanhActor(5, 3, 32, 2)
@@ -286,9 +286,9 @@ def test_regularizer_balance_against_a_gaussian_behavior_by_quadrature(weighting
     For that behavior the exact noise predictor is eps(x, t) = sigma_t (x - alpha_t mu) / (alpha_t^2 s_b^2 +
     sigma_t^2), so an action d off mu along c feels E_t[w(t) alpha_t sigma_t d / (alpha_t^2 s_b^2 + sigma_t^2)]
     back toward mu, and the push is beta |c| everywhere."""
+    from srpo_cli.algos.extract import regularizer_balance
     from srpo_cli.config import ExtractConfig
-    from srpo_cli.diffusion import VPSchedule
-    from srpo_cli.extract import regularizer_balance
+    from srpo_cli.nn.diffusion import VPSchedule
 
     schedule, s_b = VPSchedule(), 0.2
     mu = torch.tensor([0.1, -0.2, 0.0])
@@ -320,7 +320,7 @@ def test_regularizer_balance_against_a_gaussian_behavior_by_quadrature(weighting
 
 
 def test_regularizer_balance_says_when_the_q_term_wins_everywhere():
-    from srpo_cli.extract import Balance
+    from srpo_cli.algos.extract import Balance
 
     held = Balance(beta=0.05, grad_norm=1.0, q_push=0.05, steps=(0.0, 0.1, 0.2), score_pull=(0.0, 0.03, 0.07))
     assert held.balance_step == pytest.approx(0.1 + 0.1 * 0.02 / 0.04)

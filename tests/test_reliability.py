@@ -19,7 +19,11 @@ import torch
 from conftest import tiny_cfg
 from typer.testing import CliRunner
 
-from srpo_cli.checkpoint import (
+from srpo_cli.algos.critic import CriticStage, train_critic
+from srpo_cli.cli import app
+from srpo_cli.data.transitions import load_transitions
+from srpo_cli.errors import RuntimeFailure
+from srpo_cli.train.checkpoint import (
     atomic_write,
     exclusive,
     load_checkpoint,
@@ -27,11 +31,8 @@ from srpo_cli.checkpoint import (
     save_checkpoint,
     tensor_digest,
 )
-from srpo_cli.cli import app
-from srpo_cli.critic import CriticStage, train_critic
-from srpo_cli.data import load_transitions
-from srpo_cli.errors import RuntimeFailure
-from srpo_cli.training import busy_cores_warning, fit, next_state_path, state_path
+from srpo_cli.train.device import busy_cores_warning
+from srpo_cli.train.loop import fit, next_state_path, state_path
 
 runner = CliRunner()
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -123,7 +124,7 @@ def test_a_swap_killed_between_its_two_renames_is_undone(minari_store, handmade_
     """The old dataset moved aside by a process that died before the new one took its place goes back."""
     import shutil
 
-    from srpo_cli.datasets import local_ids
+    from srpo_cli.data.store import local_ids
 
     src = minari_store / handmade_dataset["id"]
     copy_id = "test/hand/aside-v0"
@@ -170,7 +171,7 @@ def test_a_second_writer_of_a_stage_is_refused_with_the_holders_pid(workdir, def
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock = tmp_path / ".x.lock"
-    code = f"from srpo_cli.checkpoint import exclusive\nimport time\nwith exclusive({str(lock)!r}, 'x'):\n"
+    code = f"from srpo_cli.train.checkpoint import exclusive\nimport time\nwith exclusive({str(lock)!r}, 'x'):\n"
     code += "    print('held', flush=True)\n    time.sleep(60)\n"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"held"
@@ -191,8 +192,8 @@ torch.set_num_threads(1)
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_cfg
-from srpo_cli.critic import train_critic
-from srpo_cli.data import load_transitions
+from srpo_cli.algos.critic import train_critic
+from srpo_cli.data.transitions import load_transitions
 cfg = tiny_cfg({dataset!r})
 cfg.critic.steps, cfg.critic.log_every, cfg.critic.ckpt_every = {steps}, 1, 1
 run = Path({run!r})
@@ -266,7 +267,7 @@ def test_killed_between_the_state_and_the_weights_resumes_from_the_pair_that_mat
 
 @pytest.fixture(scope="module")
 def actor_run(tmp_path_factory, data, default_dataset):
-    from srpo_cli.baselines import train_baseline
+    from srpo_cli.algos.baselines import train_baseline
 
     run = tmp_path_factory.mktemp("actor_run")
     cfg = tiny_cfg(default_dataset)
@@ -353,7 +354,7 @@ def test_non_finite_weights_are_refused_and_the_digest_covers_every_byte(tmp_pat
 
 
 def test_a_policy_never_reads_past_an_observation(actor_run):
-    from srpo_cli.policies import load_actor_policy
+    from srpo_cli.act.policies import load_actor_policy
 
     pol = load_actor_policy(actor_run / "bc.safetensors")
     assert pol(np.zeros(3, dtype=np.float32)).shape == (1,)

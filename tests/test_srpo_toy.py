@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from srpo_cli.algos.extract import srpo_actor_loss
 from srpo_cli.config import ExtractConfig
-from srpo_cli.diffusion import VPSchedule
-from srpo_cli.extract import srpo_actor_loss
-from srpo_cli.networks import TanhActor
+from srpo_cli.nn.diffusion import VPSchedule
+from srpo_cli.nn.networks import TanhActor
 
 SCHEDULE = VPSchedule()
 MODES = torch.tensor([-0.6, 0.6])  # behavior: two equally likely modes...

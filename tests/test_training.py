@@ -10,14 +10,15 @@ import pytest
 import torch
 from conftest import tiny_cfg
 
-from srpo_cli.baselines import train_baseline
-from srpo_cli.behavior import train_behavior
-from srpo_cli.checkpoint import load_checkpoint
-from srpo_cli.critic import CriticStage, train_critic
-from srpo_cli.data import load_transitions
+from srpo_cli.algos.baselines import train_baseline
+from srpo_cli.algos.behavior import train_behavior
+from srpo_cli.algos.critic import CriticStage, train_critic
+from srpo_cli.algos.extract import train_actor
+from srpo_cli.data.transitions import load_transitions
 from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
-from srpo_cli.extract import train_actor
-from srpo_cli.training import check_can_write, fit, optimizer_step, state_path
+from srpo_cli.train.checkpoint import load_checkpoint
+from srpo_cli.train.loop import check_can_write, fit, state_path
+from srpo_cli.train.optim import optimizer_step
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_behavior_cosine_schedule_decays_to_zero_and_resumes_exactly(tmp_path, d
     """behavior.lr_schedule=cosine: the learning rate ends at 0, the weights differ from the constant
     schedule's, and a run stopped and resumed (the scheduler's state in the state file) ends where one that
     never stopped does."""
-    from srpo_cli.behavior import BehaviorStage
+    from srpo_cli.algos.behavior import BehaviorStage
 
     cfg = tiny_cfg(default_dataset, **{"behavior.lr_schedule": "cosine"})
     dev = torch.device(device)
@@ -104,7 +105,7 @@ def test_kept_actors_resume_and_a_forced_run_replaces_them(tmp_path, trained, da
     """extract.keep_every keeps the actor at every N steps and at the end (the last is actor.safetensors); a
     run stopped and resumed keeps the same files with the same weights; a run started over with --force
     leaves none of the old run's beside its own."""
-    from srpo_cli.training import kept_files
+    from srpo_cli.train.loop import kept_files
 
     run, cfg, _ = trained
     cfg = tiny_cfg(cfg.dataset, **{"extract.keep_every": 10})
@@ -137,7 +138,8 @@ def test_kept_actors_resume_and_a_forced_run_replaces_them(tmp_path, trained, da
 def test_checkpoints_from_the_training_device_load_and_resume_on_the_cpu(tmp_path, trained, data, device):
     """A run trained on --device (cuda with `pytest --device cuda`) must load and resume on a CPU-only
     machine: tensors, optimizer states and RNG states all come back to the CPU."""
-    from srpo_cli.policies import load_actor_policy, load_behavior, load_critic
+    from srpo_cli.act.policies import load_actor_policy
+    from srpo_cli.algos.loading import load_behavior, load_critic
 
     run, cfg, _ = trained
     cpu = torch.device("cpu")
@@ -388,7 +390,7 @@ def test_a_second_ctrl_c_inside_a_step_stops_at_once_without_saving_it(tmp_path,
 def test_side_by_side_pretraining_equals_one_after_the_other(tmp_path, data, default_dataset):
     """The pipeline's CPU mode (behavior and critic in two processes, one thread each) must train exactly what
     the stages train one after the other with one thread."""
-    from srpo_cli.runner import pretrain_side_by_side
+    from srpo_cli.pipeline import pretrain_side_by_side
 
     cfg = tiny_cfg(default_dataset, threads=2)  # two threads in all: one per process
     # Side by side is the CPU mode whatever cfg.device says: with "auto" on a GPU machine the workers once
@@ -419,7 +421,7 @@ def _train_one_after_the_other(cfg, data, run_dir, names, threads=None) -> None:
 def test_every_stage_side_by_side_waits_for_its_parents_and_trains_the_same(tmp_path, data, default_dataset):
     """The runner's schedule (two stages at a time, each once its parents are done) must train what the
     stages train one after the other, and ask for each stage's plan only once its parents are finished."""
-    from srpo_cli.runner import STAGE_PARENTS, train_side_by_side
+    from srpo_cli.pipeline import STAGE_PARENTS, train_side_by_side
 
     cfg = tiny_cfg(default_dataset, threads=2)
     cfg.behavior.steps = 60  # the longest, as at the presets' budgets: AWR and BC start beside it
@@ -454,7 +456,7 @@ def test_every_stage_side_by_side_waits_for_its_parents_and_trains_the_same(tmp_
 
 
 def test_side_by_side_pretraining_reports_a_worker_error(tmp_path, default_dataset):
-    from srpo_cli.runner import pretrain_side_by_side
+    from srpo_cli.pipeline import pretrain_side_by_side
 
     cfg = tiny_cfg(default_dataset, threads=2)
     cfg.critic.batch_size = 10**7  # larger than the dataset: the critic's process fails with a usage error
@@ -477,7 +479,7 @@ def test_side_by_side_workers_checkpoint_and_exit_when_the_pipeline_is_killed(tm
     (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
     run = tmp_path / "run"
     script = (
-        "import pickle; from pathlib import Path; from srpo_cli.runner import pretrain_side_by_side; "
+        "import pickle; from pathlib import Path; from srpo_cli.pipeline import pretrain_side_by_side; "
         f"pretrain_side_by_side(pickle.loads(Path({str(tmp_path / 'cfg.pkl')!r}).read_bytes()), Path({str(run)!r}), "
         "{'behavior': False, 'critic': False}, quiet=True)"
     )
@@ -553,7 +555,7 @@ def _alive(pid: int) -> bool:
 def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
     """The dataset's state statistics travel in critic.safetensors and the loaded critic gives the trained
     one's values; the default (reference) critic has no statistics at all."""
-    from srpo_cli.policies import load_critic
+    from srpo_cli.algos.loading import load_critic
 
     cfg = tiny_cfg(default_dataset, **{"critic.normalize_observations": True})
     train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
@@ -574,8 +576,8 @@ def test_normalized_critic_round_trip(tmp_path, data, default_dataset):
 def test_layer_norm_critic_round_trip(tmp_path, data, default_dataset):
     """critic.layer_norm travels in the checkpoint's config: the loaded Q and target Q normalize as trained (the
     same weights without the normalization give other values)."""
-    from srpo_cli.networks import EnsembleQ
-    from srpo_cli.policies import load_critic
+    from srpo_cli.algos.loading import load_critic
+    from srpo_cli.nn.networks import EnsembleQ
 
     cfg = tiny_cfg(default_dataset, **{"critic.layer_norm": True})
     train_critic(cfg, data, tmp_path, torch.device("cpu"), quiet=True)
@@ -594,7 +596,8 @@ def test_layer_norm_critic_round_trip(tmp_path, data, default_dataset):
 def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
     """critic.n_q = 4: the checkpoint holds four members (and the target's four), the loaded critic gives the
     trained one's values, and the extraction, AWR and the diffusion baseline all run on it."""
-    from srpo_cli.policies import DiffusionPolicy, load_behavior, load_critic
+    from srpo_cli.act.policies import DiffusionPolicy
+    from srpo_cli.algos.loading import load_behavior, load_critic
 
     cfg = tiny_cfg(default_dataset, **{"critic.n_q": 4})
     cpu = torch.device("cpu")
@@ -625,8 +628,8 @@ def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path
 def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path, data, default_dataset):
     """behavior.ema_decay keeps ema <- d * ema + (1 - d) * net after every step, leaves the net's own training
     as it is without it, resumes to the same weights, and is what extraction and the baseline load."""
-    from srpo_cli.behavior import BehaviorStage
-    from srpo_cli.policies import load_behavior
+    from srpo_cli.algos.behavior import BehaviorStage
+    from srpo_cli.algos.loading import load_behavior
 
     cpu = torch.device("cpu")
     d = 0.8
@@ -664,7 +667,7 @@ def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path,
 
 def test_config_differences_name_what_a_stage_computes(trained, default_dataset):
     """Only fields that change what a stage computes count; a field the checkpoint predates is its default."""
-    from srpo_cli.runner import config_differences
+    from srpo_cli.pipeline import config_differences
 
     run, cfg, _ = trained
     stored = load_checkpoint(run / "critic.safetensors").config
@@ -709,7 +712,7 @@ def test_the_compiled_extraction_step_reads_the_actors_current_weights(trained, 
     """extract.compile compiles the behavior net, the Q term and the actor's backward as one graph with the
     frozen nets folded in as constants. The actor's weights change every step and must not be folded in:
     after an in-place change, the compiled gradients match eager ones at the new weights (and they moved)."""
-    from srpo_cli.extract import ExtractStage, actor_grads_from_draws
+    from srpo_cli.algos.extract import ExtractStage, actor_grads_from_draws
 
     run, cfg, _ = trained
     cfg = tiny_cfg(cfg.dataset, **{"extract.compile": True, "extract.bf16_behavior": bf16})
@@ -745,7 +748,7 @@ def test_a_frozen_compile_folds_the_weights_in():
     """extract.compile relies on inductor folding the frozen behavior net's weights in as constants. Were the
     freezing not in force (torch.compile's options={"freezing": True} alone leaves them graph inputs), the
     compiled function would still read the module's weights: changing one in place would change its output."""
-    from srpo_cli.training import CompiledOrEager
+    from srpo_cli.nn.compile import CompiledOrEager
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
@@ -766,7 +769,7 @@ def test_compile_falls_back_to_eager_when_no_compiler_works(monkeypatch, capsys)
     """A compile: true on a machine without a working C++ compiler trains eagerly, with one warning."""
     import torch._inductor.config as inductor_config
 
-    from srpo_cli.training import CompiledOrEager
+    from srpo_cli.nn.compile import CompiledOrEager
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/bin/false"))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
@@ -785,7 +788,7 @@ def test_compile_falls_back_to_eager_when_no_compiler_works(monkeypatch, capsys)
 
 
 def test_compile_errors_that_are_not_compilation_still_surface():
-    from srpo_cli.training import CompiledOrEager
+    from srpo_cli.nn.compile import CompiledOrEager
 
     def f(x):
         return x @ x  # [3, 4] @ [3, 4] fails eagerly too

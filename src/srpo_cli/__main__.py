@@ -1,5 +1,5 @@
 """``python -m srpo_cli`` (and ``torchrun -m srpo_cli``): the srpo command line."""
 
-from .cli import app
+from srpo_cli.cli import app
 
 app()

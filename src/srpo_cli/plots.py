@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from srpo_cli.errors import UsageError
 
 SKIP = {"step", "wall_s", "steps_per_s"}
 

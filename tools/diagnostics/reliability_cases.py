@@ -527,11 +527,12 @@ def prepare(root: Path) -> dict:
     import torch
 
     from srpo_cli import config
-    from srpo_cli.behavior import train_behavior
-    from srpo_cli.critic import train_critic
-    from srpo_cli.data import load_transitions
-    from srpo_cli.datasets import build_default_dataset, collect
-    from srpo_cli.extract import train_actor
+    from srpo_cli.algos.behavior import train_behavior
+    from srpo_cli.algos.critic import train_critic
+    from srpo_cli.algos.extract import train_actor
+    from srpo_cli.collect import collect
+    from srpo_cli.data.builders import build_default_dataset
+    from srpo_cli.data.transitions import load_transitions
 
     os.environ["MINARI_DATASETS_PATH"] = str(root / "store")
     default = build_default_dataset()

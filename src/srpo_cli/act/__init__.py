@@ -1,0 +1,1 @@
+"""Acting with trained policies: the fast actor and the diffusion baseline, evaluation rollouts, latency, export."""
