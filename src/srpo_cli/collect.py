@@ -1,4 +1,4 @@
-"""Getting datasets into the local Minari store: remote fetch, the built-in default, D4RL files, rollouts."""
+"""Rolling a policy (random, or a trained actor checkpoint) out into a new local dataset."""
 
 from __future__ import annotations
 

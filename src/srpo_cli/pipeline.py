@@ -204,13 +204,13 @@ def evaluate_curve(
         if res.has_ref:
             row.append(f"{res.normalized(res.returns.mean()):.6g}")
         lines.append(",".join(row))
-    out = Path(run_dir) / "metrics" / f"eval-{policy}.csv"
+    out = Path(run_dir) / artifacts.METRICS_DIR / f"eval-{policy}.csv"
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return points
 
 
 def record_eval(run_dir: Path, policy: str, res: EvalResult, cfg: RunConfig) -> None:
-    path = run_dir / "eval.json"
+    path = run_dir / artifacts.EVAL_JSON
     data: dict[str, Any] = {}
     if path.exists():
         try:
@@ -476,7 +476,7 @@ def train_side_by_side(
                     finished.add(name)
                 else:
                     failed = True
-            csv_path = run_dir / "metrics" / f"{name}.csv"
+            csv_path = run_dir / artifacts.METRICS_DIR / f"{name}.csv"
             staged = staged_metrics_path(csv_path)  # a run replacing another, before its first checkpoint
             row = _last_metrics(staged if staged.exists() else csv_path)
             if row:
@@ -562,5 +562,5 @@ def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=N
         for key in ("dataset", "srpo", "diffusion"):
             result[f"{key}_score"] = float(srpo.normalized(result[f"{key}_return"]))
     result["wall_s"] = time.perf_counter() - t0
-    atomic_write(run_dir / "pipeline.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    atomic_write(run_dir / artifacts.PIPELINE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return result

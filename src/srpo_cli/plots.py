@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from srpo_cli import artifacts
 from srpo_cli.errors import UsageError
 
 SKIP = {"step", "wall_s", "steps_per_s"}
@@ -48,16 +49,16 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = Tr
     import matplotlib.pyplot as plt
 
     for r in run_dirs:
-        if not (Path(r) / "metrics").is_dir():
+        if not (Path(r) / artifacts.METRICS_DIR).is_dir():
             raise UsageError(f"{r} has no metrics/ folder; is it an srpo run directory?")
     out_dir = Path(out_dir) if out_dir else Path(run_dirs[0]) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     label_of = dict(zip((Path(r) for r in run_dirs), run_labels(run_dirs), strict=True))
-    stages = sorted({p.stem for r in run_dirs for p in (Path(r) / "metrics").glob("*.csv")})
+    stages = sorted({p.stem for r in run_dirs for p in (Path(r) / artifacts.METRICS_DIR).glob("*.csv")})
     files = []
     for stage in stages:
-        present = [Path(r) for r in run_dirs if (Path(r) / "metrics" / f"{stage}.csv").exists()]
-        runs = [_read(r / "metrics" / f"{stage}.csv") for r in present]
+        present = [Path(r) for r in run_dirs if (Path(r) / artifacts.METRICS_DIR / f"{stage}.csv").exists()]
+        runs = [_read(r / artifacts.METRICS_DIR / f"{stage}.csv") for r in present]
         names = [label_of[r] for r in present]
         keys = sorted({k for run in runs for k in run})
         if not keys:

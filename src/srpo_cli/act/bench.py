@@ -1,4 +1,5 @@
-"""Glue between a run directory and evaluation, latency measurement and the full pipeline."""
+"""Per-action latency of a run's SRPO actor (its fast path and the forms it replaces) against the diffusion
+baseline, measured in one process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srpo_cli import artifacts
 from srpo_cli.act.evaluate import latency
 from srpo_cli.act.policies import (
     NumpyActor,
@@ -27,7 +29,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     """Latency of the SRPO actor (its fast path, as eval acts; the numpy forward, torch eager and TorchScript
     for reference) and of the diffusion baseline, same machine, same process."""
     device = resolve_device(cfg.device)
-    ckpt = load_checkpoint(run_dir / "actor.safetensors", "actor")
+    ckpt = load_checkpoint(run_dir / artifacts.ACTOR, "actor")
     low, high = action_bounds(ckpt)
     module = actor_module(ckpt)
     fast = NumpyActor.from_module(module, low, high)

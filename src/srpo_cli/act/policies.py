@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from srpo_cli import artifacts
 from srpo_cli.algos.loading import check_same_lineage, load_behavior, load_critic
 from srpo_cli.config import RunConfig
 from srpo_cli.errors import RuntimeFailure
@@ -179,8 +180,8 @@ class DiffusionPolicy:
 
 
 def diffusion_policy(cfg: RunConfig, run_dir: Path, device: torch.device):
-    behavior, schedule, b_ckpt = load_behavior(run_dir / "behavior.safetensors", device)
-    _, q_target, _, c_ckpt = load_critic(run_dir / "critic.safetensors", device)
+    behavior, schedule, b_ckpt = load_behavior(run_dir / artifacts.BEHAVIOR, device)
+    _, q_target, _, c_ckpt = load_critic(run_dir / artifacts.CRITIC, device)
     check_same_lineage(b_ckpt, c_ckpt)
     low, high = action_bounds(b_ckpt)
     pol = DiffusionPolicy(

@@ -1,5 +1,5 @@
-"""Stage 3: SRPO policy extraction. The actor is trained with the Q gradient plus the behavior model's
-score as a regularizer; the behavior net and critic are frozen."""
+"""Trained networks back from their checkpoints (the frozen behavior model and critic), and the checks that
+checkpoints and data belong together."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Run configuration: one documented dataclass field per choice, YAML presets, and precedence.
+"""Resolving a configuration: presets, ``srpo.yaml``, ``SRPO_*`` variables and flags, validated in one place.
 
 Precedence, highest first: command-line flag > environment variable (``SRPO_...``) > ``srpo.yaml`` in the
-working directory > ``--preset NAME`` > the built-in defaults below. Defaults are the reference code's
-(``SRPO_SPEC.md``) except where a field says otherwise; the built-in default dataset's preset shrinks the
-budgets so that the whole pipeline runs in minutes on a laptop CPU.
+working directory > ``--preset NAME`` > the built-in defaults (``config/schema.py``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Run configuration: one documented dataclass field per choice, YAML presets, and precedence.
+"""The configuration schema: one documented dataclass field per choice, grouped by stage.
 
-Precedence, highest first: command-line flag > environment variable (``SRPO_...``) > ``srpo.yaml`` in the
-working directory > ``--preset NAME`` > the built-in defaults below. Defaults are the reference code's
-(``SRPO_SPEC.md``) except where a field says otherwise; the built-in default dataset's preset shrinks the
-budgets so that the whole pipeline runs in minutes on a laptop CPU.
+Defaults are the reference code's (thu-ml/SRPO at b3b916a; docs/algorithm.md lists them and every deviation)
+except where a field says otherwise; the built-in default dataset's preset shrinks the budgets so that the
+whole pipeline runs in minutes on a laptop CPU.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Getting datasets into the local Minari store: remote fetch, the built-in default, D4RL files, rollouts."""
+"""Building datasets into the local store: the built-in default (a scripted Pendulum controller), rollouts
+of a policy, and D4RL HDF5 files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from srpo_cli.data.spaces import check_env_dims
 from srpo_cli.data.store import check_dataset_id, create_dataset, staged_dataset
 from srpo_cli.errors import RuntimeFailure, UsageError
 
-# D4RL's reference returns (random, expert), as in SRPO_SPEC.md.
+# D4RL's reference returns (random, expert), as D4RL's own normalization uses them (docs/algorithm.md).
 D4RL_REF = {
     "hopper": (-20.272305, 3234.3),
     "halfcheetah": (-280.178953, 12135.0),

@@ -1,4 +1,4 @@
-"""Getting datasets into the local Minari store: remote fetch, the built-in default, D4RL files, rollouts."""
+"""Making a dataset local: Minari's remote (failing fast when it is unreachable) or the built-in default."""
 
 from __future__ import annotations
 

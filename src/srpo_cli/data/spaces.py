@@ -1,4 +1,5 @@
-"""Minari datasets -> transition tensors on the training device, and batch sampling without a DataLoader."""
+"""Observation and action spaces: flattening Dict observations in the order training used, the layout of the
+flat vector, and checking a policy's sizes against an environment's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Minari datasets -> transition tensors on the training device, and batch sampling without a DataLoader."""
+"""The local Minari store: dataset ids, opening and listing datasets, and replacing one safely (built in a
+staging store and swapped in only once complete; what a killed swap leaves is undone on the next access)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The loop every stage shares: progress bar, CSV metrics, periodic atomic checkpoints, resume, Ctrl-C, and
-the non-finite guard. A stage only says how to build its networks and how to take one step."""
+"""torch.compile with an eager fallback, for the stages' optional ``compile`` fields."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The loop every stage shares: progress bar, CSV metrics, periodic atomic checkpoints, resume, Ctrl-C, and
-the non-finite guard. A stage only says how to build its networks and how to take one step."""
+"""Devices, CPU threads and the allocator: what a training process sets up before its first step."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from srpo_cli import artifacts
 from srpo_cli.config import RunConfig
 from srpo_cli.data.transitions import BatchSampler, Transitions
 from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
@@ -189,13 +190,13 @@ def matching_train_state(ckpt: Path, step: int) -> dict[str, Any]:
 def kept_path(ckpt: Path, step: int) -> Path:
     """Where ``fit(keep_every=...)`` keeps the weights of ``step``: ``actors/actor-00010000.safetensors`` beside
     ``actor.safetensors`` (zero-padded, so that names sort by step)."""
-    return ckpt.parent / "actors" / f"{ckpt.stem}-{step:08d}.safetensors"
+    return ckpt.parent / artifacts.KEPT_DIR / f"{ckpt.stem}-{step:08d}.safetensors"
 
 
 def kept_files(ckpt: Path) -> list[tuple[int, Path]]:
     """[(step, path)] of the weights ``fit(keep_every=...)`` kept beside ``ckpt``, by step."""
     found = []
-    for p in (ckpt.parent / "actors").glob(f"{ckpt.stem}-*.safetensors"):
+    for p in (ckpt.parent / artifacts.KEPT_DIR).glob(f"{ckpt.stem}-*.safetensors"):
         tail = p.stem[len(ckpt.stem) + 1 :]
         if tail.isdigit():
             found.append((int(tail), p))
@@ -314,7 +315,7 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
     start = stage.load(ckpt_path) if resume else 0
     if start > total_steps:
         raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
-    metrics = MetricsCSV(ckpt_path.parent / "metrics" / f"{stage.name}.csv", start if resume else None)
+    metrics = MetricsCSV(ckpt_path.parent / artifacts.METRICS_DIR / f"{stage.name}.csv", start if resume else None)
     # Kept weights beyond the starting step belong to a run being replaced (--force) or to the stretch after
     # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve. They
     # go when this run's first checkpoint replaces the old one (killed before, the old run stays whole).

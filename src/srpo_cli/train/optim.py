@@ -1,5 +1,4 @@
-"""The loop every stage shares: progress bar, CSV metrics, periodic atomic checkpoints, resume, Ctrl-C, and
-the non-finite guard. A stage only says how to build its networks and how to take one step."""
+"""The optimizer step and the optimizers' shared settings."""
 
 from __future__ import annotations
 
