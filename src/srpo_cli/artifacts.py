@@ -23,6 +23,7 @@ POLICY_FILES = {"srpo": ACTOR, "awr": AWR, "bc": BC}
 EVAL_JSON = "eval.json"
 PIPELINE_JSON = "pipeline.json"
 METRICS_DIR = "metrics"
+TENSORBOARD_DIR = "tensorboard"  # inside METRICS_DIR, one folder per stage
 KEPT_DIR = "actors"
 
 

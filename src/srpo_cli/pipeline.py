@@ -23,7 +23,7 @@ from srpo_cli.act.policies import (
 from srpo_cli.artifacts import policy_file
 from srpo_cli.config import RunConfig
 from srpo_cli.data.spaces import check_env_matches
-from srpo_cli.data.transitions import Transitions
+from srpo_cli.data.transitions import Transitions, dataset_report, report_line
 from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
 from srpo_cli.train.checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from srpo_cli.train.device import busy_cores_warning, resolve_device
@@ -117,7 +117,7 @@ def run_stage(
         if log is not None:
             log.print(
                 f"{name}: dataset {cfg.dataset} ({data.size:,} transitions, obs {data.obs_dim}, action "
-                f"{data.action_dim}) -> {ckpt}",
+                f"{data.action_dim}; {report_line(dataset_report(data, sample=500))}) -> {ckpt}",
                 style="dim",
                 highlight=False,
             )
@@ -127,11 +127,17 @@ def run_stage(
         return train_stage(name, cfg, data, run_dir, device, resume=resume, quiet=quiet)
 
 
-def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo", expect_dataset: str | None = None) -> EvalResult:
+def evaluate_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    policy: str = "srpo",
+    expect_dataset: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
     """Evaluate one run directory's policy and record per-episode returns in ``run_dir/eval.json``.
 
     ``expect_dataset``: the dataset the user named; a policy trained on another is refused rather than
-    evaluated on its own environment without a word."""
+    evaluated on its own environment without a word. ``progress(finished, episodes)``: called as episodes end."""
     if policy == "diffusion":
         pol, ckpt = diffusion_policy(cfg, run_dir, resolve_device(cfg.device))
     else:
@@ -143,7 +149,7 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, policy: str = "srpo", expect_dat
             "Drop --dataset to evaluate it on its own dataset's environment, or point --run at a run of "
             f"{expect_dataset}.",
         )
-    res = _evaluate(cfg, pol, ckpt) if pol is not None else _evaluate_actor(cfg, ckpt)
+    res = _evaluate(cfg, pol if pol is not None else actor_policy(ckpt), ckpt, progress)
     record_eval(run_dir, policy, res, cfg)
     return res
 
@@ -153,7 +159,7 @@ def _evaluate_actor(cfg: RunConfig, ckpt: Checkpoint) -> EvalResult:
     return _evaluate(cfg, actor_policy(ckpt), ckpt)
 
 
-def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
+def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint, progress=None) -> EvalResult:
     """``pol`` on the environment and reference scores that ``ckpt`` records."""
     extra = ckpt.meta["extra"]
     env_fn = make_env_fn(extra.get("eval_env_spec"), ckpt.meta["dataset_id"], extra.get("observation_space"))
@@ -166,6 +172,7 @@ def _evaluate(cfg: RunConfig, pol: Any, ckpt: Checkpoint) -> EvalResult:
         cfg.eval.seed,
         extra.get("ref_min_score"),
         extra.get("ref_max_score"),
+        progress,
     )
     res.extra["dataset_mean_return"] = extra.get("dataset_mean_return")
     return res
@@ -564,3 +571,59 @@ def run_pipeline(cfg: RunConfig, force: bool = False, quiet: bool = False, log=N
     result["wall_s"] = time.perf_counter() - t0
     atomic_write(run_dir / artifacts.PIPELINE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
     return result
+
+
+def describe_run(run_dir: Path) -> dict[str, Any]:
+    """What ``srpo show`` prints: each stage's checkpoint (steps done of its budget, dataset, seed, whether the
+    checkpoints it was trained from are still the ones beside it), its last metrics, the evaluation results,
+    the configuration the run was trained with, and every file with its size."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(
+            f"{run_dir} is not a folder.", "Name a run directory, e.g. runs/srpo-pendulum-scripted-medium-v0/seed0"
+        )
+    steps_key = {"behavior": ("behavior", "steps"), "critic": ("critic", "steps"), "actor": ("extract", "steps")}
+    stages: dict[str, Any] = {}
+    config = None
+    for name, file_name in artifacts.STAGE_FILES.items():
+        path = run_dir / file_name
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except RuntimeFailure as e:
+            stages[name] = {"file": file_name, "error": e.message}
+            continue
+        sec, key = steps_key.get(ckpt.stage, ("baseline", "steps"))
+        lineage = {
+            parent: ("same" if (run_dir / parent).exists() and sha256_file(run_dir / parent) == sha else "replaced")
+            for parent, sha in (ckpt.meta.get("parents") or {}).items()
+        }
+        metrics_csv = run_dir / artifacts.METRICS_DIR / f"{name}.csv"
+        stages[name] = {
+            "file": file_name,
+            "step": ckpt.meta["step"],
+            "steps": ckpt.config.get(sec, {}).get(key),
+            "dataset": ckpt.meta["dataset_id"],
+            "seed": ckpt.meta["seed"],
+            "resumable": has_train_state(path),
+            "parents": lineage,
+            "last_metrics": _last_metrics(metrics_csv) if metrics_csv.exists() else {},
+            "kept_policies": len(kept_files(path)),
+        }
+        config = ckpt.config  # the most downstream checkpoint's, in STAGE_FILES order
+    evals = {}
+    if (run_dir / artifacts.EVAL_JSON).exists():
+        try:
+            raw = json.loads((run_dir / artifacts.EVAL_JSON).read_text())
+            evals = {k: {f: v for f, v in r.items() if f not in ("returns", "lengths")} for k, r in raw.items()}
+        except (json.JSONDecodeError, AttributeError):
+            evals = {"error": f"{artifacts.EVAL_JSON} is not valid JSON"}
+    files = [
+        {"path": str(p.relative_to(run_dir)), "bytes": p.stat().st_size}
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    if not stages and not files:
+        raise UsageError(f"{run_dir} holds no srpo run (no checkpoints, no metrics).")
+    return {"run": str(run_dir), "stages": stages, "eval": evals, "config": config, "files": files}

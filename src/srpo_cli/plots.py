@@ -39,10 +39,31 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return labels
 
 
-def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = True) -> list[Path]:
+def smooth(values: list[float], window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` logged points (shorter at the start, where fewer exist)."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_runs(
+    run_dirs: list[Path],
+    out_dir: Path | None = None,
+    mean: bool = True,
+    window: int = 1,
+    xlim: tuple[float, float] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> list[Path]:
     """One PNG per stage; each metric a panel; several runs (seeds) each labelled by its directory name (more of
     its path where names repeat), with their mean and min-max band unless ``mean`` is off (runs that are
-    different variants, not seeds)."""
+    different variants, not seeds). ``window``: a trailing moving average over that many logged points;
+    ``xlim``/``ylim``: the axes' ranges (every panel)."""
+    if window < 1:
+        raise UsageError(f"--window must be at least 1, got {window}.")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +90,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = Tr
             labels = [name for run, name in zip(runs, names, strict=True) if key in run]
             for c, label in zip(curves, labels, strict=True):
                 xs, ys = zip(*c, strict=False)
+                ys = smooth(ys, window)
                 alpha = 0.35 if len(curves) > 1 and mean else 1.0
                 ax.plot(xs, ys, alpha=alpha, lw=1, marker="o" if len(c) < 20 else None, ms=3, label=label)
             if len(curves) > 1 and not mean:
@@ -76,11 +98,16 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, mean: bool = Tr
             if len(curves) > 1 and mean:
                 steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
                 if steps:
-                    vals = np.array([[dict(c)[s] for s in steps] for c in curves])
+                    vals = np.array([smooth([dict(c)[s] for s in steps], window) for c in curves])
                     ax.plot(steps, vals.mean(0), color="black", lw=2, label=f"mean of {len(curves)}")
                     ax.fill_between(steps, vals.min(0), vals.max(0), color="gray", alpha=0.2)
                     ax.legend(fontsize=7)
-            ax.set_title(key + (" (0-100)" if key == "eval_score" else ""), fontsize=9)
+            if xlim:
+                ax.set_xlim(*xlim)
+            if ylim:
+                ax.set_ylim(*ylim)
+            title = key + (" (0-100)" if key == "eval_score" else "")
+            ax.set_title(title + (f", moving average of {window}" if window > 1 else ""), fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
         fig.suptitle(f"{stage}: {', '.join(str(r) for r in run_dirs)}"[:120], fontsize=9)

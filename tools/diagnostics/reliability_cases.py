@@ -247,7 +247,7 @@ def cases() -> list[Case]:
         Case("config", "eval.episodes 0", ["eval", "--episodes", "0"], 2, "eval.episodes"),
         # -- environment ------------------------------------------------------------------------------------
         Case("environment", "--device cuda without a GPU", ["pretrain-critic", "--device", "cuda"], 2, "no CUDA GPU"),
-        Case("environment", "--device tpu", ["pretrain-critic", "--device", "tpu"], 2, "choose one of"),
+        Case("environment", "--device tpu", ["pretrain-critic", "--device", "tpu"], 2, "is not one of"),
         Case(
             "environment",
             "collect in an environment that does not exist",
@@ -495,7 +495,7 @@ def cases() -> list[Case]:
             "export in an unknown format",
             _export("WD/a.pt", "--format", "pickle"),
             2,
-            "Unknown --format",
+            "is not one of",
         ),
         Case(
             "output paths",

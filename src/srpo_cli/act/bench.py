@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,13 @@ from srpo_cli.train.checkpoint import load_checkpoint
 from srpo_cli.train.device import resolve_device
 
 
-def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, Any]:
+def bench_run(
+    cfg: RunConfig, run_dir: Path, repeats: int = 2000, on_row: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Latency of the SRPO actor (its fast path, as eval acts; the numpy forward, torch eager and TorchScript
-    for reference) and of the diffusion baseline, same machine, same process."""
+    for reference) and of the diffusion baseline, same machine, same process. ``on_row(name)`` is called as
+    each measurement starts (the diffusion baseline's takes most of the time)."""
+    note = on_row or (lambda name: None)
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(run_dir / artifacts.ACTOR, "actor")
     low, high = action_bounds(ckpt)
@@ -46,13 +51,15 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
         return 256 * n_calls / (time.perf_counter() - t0)
 
     fast_name = f"srpo actor (fast path, {fast.backend})"
+    note(fast_name)
     r = latency(lambda: fast(obs1), repeats)
     r["throughput_256"] = throughput(lambda: fast(obs256), max(10, repeats // 10))
     results[fast_name] = r
     if fast.backend != "numpy":
+        note("srpo actor (numpy forward)")
         plain = NumpyActor.from_module(module, low, high, compiled=False)
         r = latency(lambda: plain(obs1), repeats)
-        r["throughput_256"] = results[fast_name]["throughput_256"]  # batches take the same numpy matmuls
+        r["throughput_256"] = throughput(lambda: plain(obs256), max(10, repeats // 10))
         results["srpo actor (numpy forward)"] = r
 
     mod_dev = copy.deepcopy(module).to(device)  # a copy: the TorchScript row below stays on the CPU
@@ -66,6 +73,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
                 torch.cuda.synchronize()
             return a
 
+    note(f"srpo actor (torch eager, {device.type})")
     r = latency(lambda: torch_act(t1), repeats)
     r["throughput_256"] = throughput(lambda: torch_act(t256), max(10, repeats // 10))
     results[f"srpo actor (torch eager, {device.type})"] = r
@@ -73,6 +81,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
     # The alternative issue 4 names (a frozen TorchScript module), same process, so a reader can scale
     # our figure to their machine: the ratio between the rows carries over, the microseconds do not. Always
     # on the CPU, where the actor is deployed, whatever --device the diffusion baseline runs on.
+    note("srpo actor (TorchScript frozen, cpu)")
     frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(module.eval())))
     c1, c256 = torch.as_tensor(obs1), torch.as_tensor(obs256)
     with torch.inference_mode():
@@ -80,6 +89,7 @@ def bench_run(cfg: RunConfig, run_dir: Path, repeats: int = 2000) -> dict[str, A
         r["throughput_256"] = throughput(lambda: frozen(c256), max(10, repeats // 10))
     results["srpo actor (TorchScript frozen, cpu)"] = r
 
+    note("diffusion baseline")
     diff, b_ckpt = diffusion_policy(cfg, run_dir, device)
     check_same_lineage(ckpt, b_ckpt)  # the two rows must act on the same observations
 

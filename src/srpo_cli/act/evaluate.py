@@ -100,8 +100,10 @@ def run_episodes(
     episodes: int,
     num_envs: int,
     seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Roll ``policy`` (batch of observations -> batch of env actions) for exactly ``episodes`` episodes.
+    ``progress(finished, episodes)`` is called as episodes finish (a progress bar's update).
 
     Episodes are split statically across the environments (env i runs a fixed quota) so that short
     episodes cannot crowd out long ones and bias the mean; the autoreset step that follows an episode's
@@ -134,6 +136,8 @@ def run_episodes(
             ep_ret[finished] = 0.0
             ep_len[finished] = 0
             autoreset = term | trunc
+            if progress is not None and finished.any():
+                progress(int(done_count.sum()), episodes)
     finally:
         envs.close()
     return np.array([x for env in returns for x in env]), np.array([x for env in lengths for x in env])
@@ -147,14 +151,39 @@ def evaluate(
     seed: int,
     ref_min: float | None,
     ref_max: float | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     t0 = time.perf_counter()
-    returns, lengths = run_episodes(policy, env_fn, episodes, num_envs, seed)
+    returns, lengths = run_episodes(policy, env_fn, episodes, num_envs, seed, progress)
     return EvalResult(returns, lengths, time.perf_counter() - t0, ref_min, ref_max)
 
 
+# From this many seeds on, summaries add the interquartile mean and its bootstrap confidence interval.
+ROBUST_FROM_SEEDS = 5
+
+
+def interquartile_mean(x: np.ndarray) -> float:
+    """Mean of the middle half of the values (a quarter trimmed from each end, as scipy's trim_mean(x, 0.25)):
+    robust to one lucky or failed seed, less noisy than the median (Agarwal et al., "Deep Reinforcement
+    Learning at the Edge of the Statistical Precipice", NeurIPS 2021)."""
+    x = np.sort(np.asarray(x, dtype=float))
+    cut = int(0.25 * len(x))
+    return float(x[cut : len(x) - cut].mean())
+
+
+def bootstrap_ci(x: np.ndarray, stat=interquartile_mean, reps: int = 2000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval of ``stat`` over seeds, resampling seeds with replacement (for one task
+    the stratified bootstrap of Agarwal et al. is this one); a fixed generator, so the interval is reproducible."""
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(x[rng.integers(0, len(x), len(x))]) for _ in range(reps)])
+    lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def aggregate_seeds(results: list[EvalResult]) -> dict[str, Any]:
-    """Mean +- std over training seeds of the per-seed mean (the field's convention)."""
+    """Mean +- std over training seeds of the per-seed mean (the field's convention); from
+    ``ROBUST_FROM_SEEDS`` seeds, also the interquartile mean with a 95% bootstrap confidence interval."""
     means = np.array([r.returns.mean() for r in results])
     out: dict[str, Any] = {
         "seeds": len(results),
@@ -168,6 +197,10 @@ def aggregate_seeds(results: list[EvalResult]) -> dict[str, Any]:
             score_std=float(scores.std()),
             score_scale="0-100 normalized, mean +- std over training seeds",
         )
+    if len(results) >= ROBUST_FROM_SEEDS:
+        key, values = ("score", scores) if "score_mean" in out else ("return", means)
+        lo, hi = bootstrap_ci(values)
+        out.update({f"{key}_iqm": interquartile_mean(values), f"{key}_iqm_ci95": [lo, hi]})
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -46,44 +47,60 @@ def input_layout(ckpt: Checkpoint) -> list[tuple[str, int, int]] | None:
     return None if space is None else observation_layout(space)
 
 
+FORMATS = ("torchscript", "onnx", "torch-export")
+
+
 def export_actor(ckpt_path: Path, out: Path, fmt: str = "torchscript") -> Path:
     """Write ``out``; atomic, so a failed export never leaves a half-written file. A policy of Dict
-    observations carries its input layout in the file (TorchScript: the extra file ``observation_layout``;
-    ONNX: metadata of that name), JSON [[name, start, end], ...], so a robot's code can build the vector."""
+    observations carries its input layout in the file (TorchScript and torch.export: the extra file
+    ``observation_layout``; ONNX: metadata of that name), JSON [[name, start, end], ...], so a robot's code can
+    build the vector.
+
+    ``torch-export``: a ``torch.export`` program (``torch.export.load(path).module()`` in plain torch), the
+    format that replaces TorchScript, which torch deprecates. ``onnx``: through torch's current exporter (the
+    dynamo-based one, which needs the ``onnxscript`` package). Both with a dynamic batch dimension."""
     ckpt = load_checkpoint(ckpt_path)
     module = exported_module(ckpt)
     obs_dim = module.net[0].in_features
-    example = torch.zeros(1, obs_dim)
+    example = torch.zeros(2, obs_dim)
     layout = input_layout(ckpt)
     layout_json = json.dumps(layout) if layout is not None else None
+    extra = {LAYOUT_KEY: layout_json} if layout_json else {}
     if fmt == "torchscript":
         scripted = torch.jit.script(module)
-        extra = {LAYOUT_KEY: layout_json} if layout_json else {}
         atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+    elif fmt == "torch-export":
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the atomic write's is neither
+        torch.export.save(program, buffer, extra_files=extra)
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     elif fmt == "onnx":
         try:
-            import onnx  # noqa: F401
+            import onnx
+            import onnxscript  # noqa: F401  (what torch's current ONNX exporter builds on)
         except ImportError:
             raise RuntimeFailure(
-                "ONNX export needs the 'onnx' package.", "Install it with: pip install 'srpo-cli[onnx]'"
+                "ONNX export needs the 'onnx' and 'onnxscript' packages.",
+                "Install them with: pip install 'srpo-cli[onnx]'",
             ) from None
 
         def write(tmp: str) -> None:
-            torch.onnx.export(
+            program = torch.onnx.export(
                 module,
                 (example,),
-                tmp,
                 input_names=["obs"],
                 output_names=["action"],
-                dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
-                dynamo=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                verbose=False,  # its progress lines would land on stdout, where results go
             )
+            model = program.model_proto
             if layout_json:
-                model = onnx.load(tmp)
                 onnx.helper.set_model_props(model, {LAYOUT_KEY: layout_json})
-                onnx.save(model, tmp)
+            onnx.save(model, tmp)
 
         atomic_write(out, write)
     else:
-        raise RuntimeFailure(f"Unknown export format '{fmt}'.")
+        raise RuntimeFailure(f"Unknown export format '{fmt}'.", f"Choose one of {', '.join(FORMATS)}.")
     return out

@@ -7,8 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -18,13 +17,28 @@ from rich.table import Table
 from srpo_cli import __version__
 from srpo_cli.errors import RuntimeFailure, SrpoError
 
+
+def _flag_display_type(display_type_rich):
+    """Typer 0.29 prints every option's Python type in --help, flags included (``--force <bool>``); a flag
+    takes no value, so it shows none."""
+
+    @functools.wraps(display_type_rich)
+    def wrapper(self, ctx):
+        return None if getattr(self, "is_flag", False) else display_type_rich(self, ctx)
+
+    return wrapper
+
+
+typer.core.TyperOption.display_type_rich = _flag_display_type(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(
     name="srpo",
     help="Score Regularized Policy Optimization (SRPO, ICLR 2024) for offline RL: "
     "fetch -> pretrain-behavior -> pretrain-critic -> extract -> eval.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -93,7 +107,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """srpo: offline RL with SRPO."""
@@ -110,16 +125,36 @@ RunOpt = Annotated[str | None, typer.Option("--run", help="Run directory ({datas
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preset name (see 'srpo presets').")]
 
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto|cpu|cuda|mps.")]
+DeviceOpt = Annotated[
+    Literal["auto", "cpu", "cuda", "mps"] | None,
+    typer.Option("--device", help="Where to compute (auto: a GPU if one is visible)."),
+]
 
 
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Training seed.")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed", help="Training seed. (default: the preset's, srpo.yaml's or srpo's; 'srpo init --show' lists them)"
+    ),
+]
 
 
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="Gradient steps of this stage.")]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        help="Gradient steps of this stage. (default: the preset's, srpo.yaml's or srpo's; 'srpo init --show' lists them)",
+    ),
+]
 
 
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size of this stage.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Batch size of this stage. (default: the preset's, srpo.yaml's or srpo's; 'srpo init --show' lists them)",
+    ),
+]
 
 
 KeepOpt = Annotated[
@@ -136,7 +171,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite this stage's 
 
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override any config key, e.g. --set extract.weighting=one (repeatable)."),
+    typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set extract.weighting=one (repeatable)."
+    ),
 ]
 
 
@@ -146,14 +183,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (0: torch's default).")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU threads for torch (0: torch's default). (default: the preset's, srpo.yaml's or srpo's; 'srpo init --show' lists them)",
+    ),
+]
 
 
 def resolve_config(
     preset: str | None = None,
     flags: dict[str, Any] | None = None,
     set_items: list[str] | None = None,
-    write_default: bool = True,
+    origins: dict[str, str] | None = None,
 ):
     from srpo_cli import config
 
@@ -163,23 +206,17 @@ def resolve_config(
         if key != "dataset" and key in config.all_keys():
             overrides[key] = config._coerce(key, value, "the command line")
     warnings: list[str] = []
-    cfg = config.resolve(overrides, preset=preset, warnings=warnings)
+    cfg = config.resolve(overrides, preset=preset, warnings=warnings, origins=origins)
     for warning in warnings:
         err.print(f"warning: {warning}", style="yellow")
     if cfg.threads:
         from srpo_cli.train.device import set_threads
 
         set_threads(cfg.threads)
-    path = Path(config.CONFIG_FILE)
-    if write_default and not path.exists():
-        # The first command that needs a configuration writes one the user can edit: the dataset it runs on,
-        # and the hyperparameters in force for it, commented out so that presets keep applying.
-        base = config.resolve({"dataset": cfg.dataset}, preset=preset)
-        try:
-            config.write_yaml(base, path, preset=preset)
-            err.print(f"wrote {path} (edit it to change defaults)", style="dim")
-        except OSError as e:  # a read-only working folder: the file is a convenience, the run goes on
-            err.print(f"warning: could not write {path} ({e.strerror}); continuing without it", style="yellow")
+    # --device cuda without a GPU is a usage error for every command alike, found before any work
+    from srpo_cli.train.device import resolve_device
+
+    resolve_device(cfg.device)
     if overrides.get("dataset"):
         from srpo_cli.data.store import check_dataset_id
 

@@ -71,10 +71,34 @@ def fetch_cmd(
         out.print(" ".join(f"{k}={v}" for k, v in result.items()), highlight=False)
 
 
-@app.command("datasets")
+datasets_app = typer.Typer(
+    help="List datasets (local, or --remote), or 'srpo datasets show ID' for one dataset's statistics.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.callback(invoke_without_command=True)
 @guarded
-def datasets_cmd(as_json: JsonOpt = False) -> None:
-    """List local datasets (MINARI_DATASETS_PATH)."""
+def datasets_cmd(
+    ctx: typer.Context,
+    remote: Annotated[bool, typer.Option("--remote", help="List Minari's remote datasets instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List local datasets (MINARI_DATASETS_PATH), or Minari's remote ones with --remote."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if remote:
+        from srpo_cli.data.fetch import remote_ids
+
+        ids = remote_ids()
+        if as_json:
+            out.print_json(json.dumps(ids))
+        else:
+            for dataset_id in ids:
+                out.print(dataset_id, highlight=False)
+        return
     from srpo_cli.data.store import describe_local
 
     rows = describe_local()
@@ -111,6 +135,49 @@ def datasets_cmd(as_json: JsonOpt = False) -> None:
     print_uncut(t)
     if not rows:
         err.print("no local datasets; try 'srpo fetch' for the built-in default")
+
+
+@datasets_app.command("show")
+@guarded
+def datasets_show(
+    dataset_id: Annotated[str, typer.Argument(help="A local dataset's id, e.g. srpo/pendulum/scripted-medium-v0.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One dataset's statistics: episodes, lengths, how they end, returns, action ranges and spread."""
+    from srpo_cli.data.fetch import ensure_local
+    from srpo_cli.data.transitions import dataset_report, load_transitions
+
+    ensure_local(dataset_id, err)
+    r = dataset_report(load_transitions(dataset_id))
+    if as_json:
+        out.print_json(json.dumps(r))
+        return
+    t = Table(title=f"dataset {dataset_id}", show_header=False, box=box.SIMPLE)
+    t.add_row("episodes / steps", f"{r['episodes']:,} / {r['steps']:,} (obs {r['obs_dim']}, action {r['action_dim']})")
+    if r["episode_length"]:
+        el = r["episode_length"]
+        t.add_row("episode length", f"min {el['min']:.0f}, median {el['median']:.0f}, max {el['max']:.0f}")
+    t.add_row("episodes ending in", f"termination {r['terminated']:,}, time-limit truncation {r['truncated']:,}")
+    for key, label in (("return", "return"), ("score", "score (0-100)")):
+        if key in r:
+            q = r[key]
+            t.add_row(
+                label,
+                f"mean {q['mean']:.1f}; min {q['min']:.1f}, quartiles {q['q25']:.1f} / {q['median']:.1f} / "
+                f"{q['q75']:.1f}, max {q['max']:.1f}",
+            )
+    t.add_row(
+        "action range", " ".join(f"[{lo:g}, {hi:g}]" for lo, hi in zip(r["action_min"], r["action_max"], strict=True))
+    )
+    t.add_row("actions on a bound", f"{100 * r['actions_on_bound']:.1f}% of components")
+    if "action_spread" in r:
+        sp = r["action_spread"]
+        t.add_row(
+            "action spread",
+            f"{sp['nearest_state']:.3f} between nearest states, {sp['random_pair']:.3f} between random pairs "
+            f"(ratio {sp['ratio']:.2f}: near 1, several behaviors or much noise; near 0, one action per state)",
+        )
+    print_uncut(t)
 
 
 @app.command("collect")

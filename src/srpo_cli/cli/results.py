@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from srpo_cli.cli.common import (
@@ -57,11 +59,21 @@ def _run_dirs(cfg, seeds: str | None, runs: list[Path] | None) -> list[Path]:
 @app.command("eval")
 @guarded
 def eval_cmd(
-    episodes: Annotated[int | None, typer.Option("--episodes", help="Evaluation episodes per run.")] = None,
-    policy: Annotated[str, typer.Option("--policy", help="srpo | diffusion | awr | bc.")] = "srpo",
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Aggregate over training seeds, e.g. 0,1,2.")] = None,
+    episodes: Annotated[
+        int | None,
+        typer.Option(
+            "--episodes",
+            help="Evaluation episodes per run. (default: the preset's, srpo.yaml's or srpo's; 'srpo init --show' lists them)",
+        ),
+    ] = None,
+    policy: Annotated[
+        Literal["srpo", "diffusion", "awr", "bc"], typer.Option("--policy", help="Which policy of the run.")
+    ] = "srpo",
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", metavar="0,1,2", help="Aggregate over training seeds, e.g. 0,1,2.")
+    ] = None,
     runs: Annotated[
-        list[Path] | None, typer.Option("--runs", help="Run directories to aggregate (repeatable).")
+        list[Path] | None, typer.Option("--runs", metavar="RUN", help="Run directories to aggregate (repeatable).")
     ] = None,
     candidates: Annotated[
         int | None, typer.Option("--candidates", help="Diffusion baseline: candidates per state.")
@@ -92,8 +104,6 @@ def eval_cmd(
     from srpo_cli.act.evaluate import aggregate_seeds
     from srpo_cli.pipeline import evaluate_run
 
-    if policy not in ("srpo", "diffusion", "awr", "bc"):
-        raise UsageError(f"Unknown --policy '{policy}'.", "Choose srpo, diffusion, awr or bc.")
     flags = {
         "dataset": dataset,
         "run_dir": run,
@@ -111,11 +121,30 @@ def eval_cmd(
         _eval_curves(cfg, _run_dirs(cfg, seeds, runs), policy, as_json, quiet)
         return
     results = []
-    for run_dir in _run_dirs(cfg, seeds, runs):
-        res = evaluate_run(cfg, Path(run_dir), policy, expect_dataset=dataset)
-        results.append((run_dir, res))
-        if not quiet:
-            err.print(f"{run_dir}: return {res.returns.mean():.1f}", style="dim", highlight=False)
+    bar = Progress(
+        TextColumn("[bold]eval[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("episodes"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet,
+        transient=True,
+    )
+    with bar:
+        for run_dir in _run_dirs(cfg, seeds, runs):
+            task = bar.add_task(f"{run_dir} ({policy})", total=cfg.eval.episodes)
+            res = evaluate_run(
+                cfg,
+                Path(run_dir),
+                policy,
+                expect_dataset=dataset,
+                progress=lambda done, total, task=task: bar.update(task, completed=done),
+            )
+            bar.remove_task(task)
+            results.append((run_dir, res))
+            if not quiet:
+                err.print(f"{run_dir}: return {res.returns.mean():.1f}", style="dim", highlight=False)
     summaries = [dict(run=str(r), policy=policy, **res.summary()) for r, res in results]
     payload: dict[str, Any] = {"runs": summaries}
     if len(results) > 1:
@@ -186,6 +215,15 @@ def _eval_table(summaries: list[dict], aggregate: dict | None) -> None:
             row.append(f"{aggregate['score_mean']:.1f} ± {aggregate['score_std']:.1f}")
         t.add_row(*row, "", "", "", style="bold")
     print_uncut(t)
+    if aggregate:
+        key = "score" if has_score else "return"
+        if f"{key}_iqm" in aggregate:
+            lo, hi = aggregate[f"{key}_iqm_ci95"]
+            out.print(
+                f"interquartile mean of the {aggregate['seeds']} seeds' {key}s: {aggregate[f'{key}_iqm']:.1f} "
+                f"(95% bootstrap CI {lo:.1f} to {hi:.1f}; Agarwal et al. 2021)",
+                highlight=False,
+            )
 
 
 @app.command("bench")
@@ -222,7 +260,9 @@ def bench_cmd(
         "threads": threads,
     }
     cfg = resolve_config(preset, flags, set_)
-    result = bench_run(cfg, cfg.resolved_run_dir(), repeats)
+    result = bench_run(
+        cfg, cfg.resolved_run_dir(), repeats, on_row=lambda name: err.print(f"bench: timing {name} ...", style="dim")
+    )
     if as_json:
         out.print_json(json.dumps(result))
         return
@@ -270,8 +310,10 @@ def check_export_target(out_file: Path, src: Path, force: bool) -> None:
 @guarded
 def export_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="Output file.")],
-    fmt: Annotated[str, typer.Option("--format", help="torchscript or onnx.")] = "torchscript",
-    policy: Annotated[str, typer.Option("--policy", help="srpo | awr | bc.")] = "srpo",
+    fmt: Annotated[
+        Literal["torchscript", "onnx", "torch-export"], typer.Option("--format", help="File format.")
+    ] = "torchscript",
+    policy: Annotated[Literal["srpo", "awr", "bc"], typer.Option("--policy", help="Which policy of the run.")] = "srpo",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     dataset: DatasetOpt = None,
     run: RunOpt = None,
@@ -284,8 +326,6 @@ def export_cmd(
     from srpo_cli.artifacts import policy_file
     from srpo_cli.train.checkpoint import load_checkpoint
 
-    if fmt not in ("torchscript", "onnx"):
-        raise UsageError(f"Unknown --format '{fmt}'.", "Choose torchscript or onnx.")
     cfg = resolve_config(preset, {"dataset": dataset, "run_dir": run, "seed": seed}, set_)
     src = cfg.resolved_run_dir() / policy_file(policy)
     check_export_target(out_file, src, force)
@@ -295,6 +335,65 @@ def export_cmd(
     if layout is not None:
         parts = ", ".join(f"{name} [{a}:{b}]" for name, a, b in layout)
         out.print(f"input: one vector of {layout[-1][2]} numbers: {parts}", highlight=False)
+
+
+@app.command("show")
+@guarded
+def show_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/srpo-pendulum-scripted-medium-v0/seed0.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Summarize a run: its stages and steps, last losses, scores, lineage, configuration and files."""
+    from srpo_cli.pipeline import describe_run
+
+    info = describe_run(run_dir)
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+        return
+    t = Table(title=f"run {info['run']}", box=box.SIMPLE_HEAD)
+    for col in ("stage", "steps", "dataset", "seed", "from", "last logged", "resumable"):
+        t.add_column(col, overflow="fold")
+    for name, st in info["stages"].items():
+        if "error" in st:
+            t.add_row(name, "[red]unreadable[/]", st["error"], "", "", "", "")
+            continue
+        parents = ", ".join(f"{p} ({v})" for p, v in st["parents"].items()) or "-"
+        losses = " ".join(
+            f"{k}={v}" for k, v in st["last_metrics"].items() if k not in ("step", "wall_s", "steps_per_s")
+        )
+        done = f"{st['step']:,} / {st['steps']:,}" if st["steps"] else f"{st['step']:,}"
+        t.add_row(
+            name, done, st["dataset"], str(st["seed"]), parents, losses or "-", "yes" if st["resumable"] else "no"
+        )
+    print_uncut(t)
+    for policy, r in info["eval"].items():
+        score = f", score {r['score_mean']:.1f} ± {r['score_std']:.1f} (0-100)" if "score_mean" in r else ""
+        out.print(
+            f"eval {policy}: return {r.get('return_mean', float('nan')):.1f} ± {r.get('return_std', float('nan')):.1f}"
+            f"{score} over {r.get('episodes', '?')} episodes",
+            highlight=False,
+        )
+    if info["config"]:
+        c = info["config"]
+        out.print(
+            f"configuration (from the checkpoints): dataset {c['dataset']}, seed {c['seed']}, beta "
+            f"{c['extract']['beta']}, behavior {c['behavior']['steps']:,} steps, critic {c['critic']['steps']:,}, "
+            f"extract {c['extract']['steps']:,}; all of it with --json",
+            highlight=False,
+        )
+    out.print("files: " + ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.2f} MB)" for f in info["files"]), highlight=False)
+
+
+def _limits(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} expects two numbers LOW,HIGH, got '{text}'.", f"Example: {flag} 0,100") from None
+    if not lo < hi:
+        raise UsageError(f"{flag} {text}: LOW must be below HIGH.")
+    return lo, hi
 
 
 @app.command("plot")
@@ -307,10 +406,15 @@ def plot_cmd(
     mean: Annotated[
         bool, typer.Option("--mean/--no-mean", help="Draw the runs' mean and spread (seeds); off for variants.")
     ] = True,
+    window: Annotated[int, typer.Option("--window", help="Moving average over this many logged points.")] = 1,
+    xlim: Annotated[str | None, typer.Option("--xlim", metavar="LOW,HIGH", help="Range of the step axis.")] = None,
+    ylim: Annotated[str | None, typer.Option("--ylim", metavar="LOW,HIGH", help="Range of the value axis.")] = None,
 ) -> None:
     """Draw each stage's losses and the score over training as PNG files."""
     from srpo_cli.plots import plot_runs
 
-    files = plot_runs(run_dirs, out_dir, mean=mean)
+    files = plot_runs(
+        run_dirs, out_dir, mean=mean, window=window, xlim=_limits(xlim, "--xlim"), ylim=_limits(ylim, "--ylim")
+    )
     for f in files:
         out.print(str(f))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -31,7 +31,6 @@ from srpo_cli.cli.common import (
     print_uncut,
     resolve_config,
 )
-from srpo_cli.errors import UsageError
 
 
 def _train(name: str, cfg, resume: bool, force: bool, quiet: bool, as_json: bool) -> None:
@@ -151,7 +150,9 @@ def extract(
 @app.command("train-baseline")
 @guarded
 def train_baseline_cmd(
-    kind: Annotated[str, typer.Argument(help="awr (IQL's advantage-weighted policy) or bc (behavior cloning).")],
+    kind: Annotated[
+        Literal["awr", "bc"], typer.Argument(help="awr (IQL's advantage-weighted policy) or bc (behavior cloning).")
+    ],
     dataset: DatasetOpt = None,
     run: RunOpt = None,
     preset: PresetOpt = None,
@@ -168,8 +169,6 @@ def train_baseline_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a comparison policy (awr.safetensors or bc.safetensors) on the same data."""
-    if kind not in ("awr", "bc"):
-        raise UsageError(f"Unknown baseline '{kind}'.", "Choose awr or bc.")
     flags = {
         "dataset": dataset,
         "run_dir": run,

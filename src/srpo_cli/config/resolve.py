@@ -178,11 +178,13 @@ def resolve(
     config_path: Path | None = None,
     environ: dict[str, str] | None = None,
     warnings: list[str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> RunConfig:
     """Merge defaults < preset < srpo.yaml < environment < flags into one validated RunConfig.
 
     ``warnings``: a list to which what the user should hear about the resolution is appended (a preset pinned
-    by srpo.yaml or SRPO_PRESET for another dataset than the run's)."""
+    by srpo.yaml or SRPO_PRESET for another dataset than the run's). ``origins``: a dict filled with where
+    each key's value came from (keys absent hold srpo's defaults)."""
     config_path = Path(CONFIG_FILE) if config_path is None else config_path
     file_tree = read_yaml(config_path) if config_path.exists() else {}
     env = dict(os.environ if environ is None else environ)
@@ -190,7 +192,7 @@ def resolve(
     cfg = RunConfig()
     preset_tree = load_preset(preset) if preset else {}
     # Where each key's value came from, so that an invalid value is reported with the place to fix it.
-    origins: dict[str, str] = {}
+    origins = {} if origins is None else origins
     layers = [
         (flatten(preset_tree, f"preset '{preset}'") if preset else {}, f"the preset '{preset}'"),
         (flatten(file_tree, str(config_path)), str(config_path)),

@@ -200,6 +200,11 @@ class RunConfig:
     device: str = _f("auto", "auto|cpu|cuda|mps", ("auto", "cpu", "cuda", "mps"))
     seed: int = _f(0, "training seed")
     threads: int = _f(0, "CPU threads torch may use (0: torch's default, usually one per core)")
+    tensorboard: bool = _f(
+        True,
+        "also write each stage's metrics as TensorBoard event files (RUN/metrics/tensorboard/STAGE; view with "
+        "'tensorboard --logdir runs/'), where the tensorboard package is installed; off: CSV only",
+    )
     parallel_pretrain: bool = _f(
         True,
         "pipeline on a CPU: train the behavior model and the critic at the same time in two processes, each "

@@ -73,3 +73,34 @@ def ensure_local(dataset_id: str, log=None) -> None:
         fetch(dataset_id)
         return
     raise missing_dataset_error(dataset_id)
+
+
+def remote_ids() -> list[str]:
+    """Minari's remote dataset ids; a clear error at once when the remote cannot be reached."""
+    import minari
+
+    why = _remote_unreachable()
+    try:
+        if why is not None:
+            raise OSError(why)
+        return sorted(minari.list_remote_datasets())
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeFailure(
+            f"Could not list Minari's remote datasets ({first}).",
+            "Offline? 'srpo datasets' lists the local ones; 'srpo fetch --d4rl-file' imports a file.",
+        ) from None
+
+
+def how_to_get(dataset_id: str) -> str:
+    """Where a dataset comes from, in the words of the command that gets it (``srpo presets`` shows it)."""
+    if dataset_id == DEFAULT_DATASET:
+        return "built in: 'srpo fetch' builds it offline in seconds"
+    if dataset_id.startswith("d4rl/"):
+        return "import D4RL's HDF5 file: 'srpo fetch --d4rl-file FILE --env ENV --id " + dataset_id + "'"
+    if dataset_id.startswith("bench/"):
+        return (
+            "D4RL-style data made by the generator in the project's steering repository (make_datasets.py), "
+            "not downloadable; see BENCHMARKS.md"
+        )
+    return f"Minari's remote: 'srpo fetch {dataset_id}' (needs internet)"

@@ -141,6 +141,7 @@ def load_transitions(
         ref_max_score=_float_or_none(meta.get("ref_max_score")),
         info={
             "episodes": len(arrays["episode_returns"]),
+            "episode_lengths": arrays["episode_lengths"],
             "eval_env_spec": spec_json,
             "observation_space": _serialized_unless_box(ds.observation_space),
         },
@@ -233,3 +234,71 @@ class BatchSampler:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.perm = None if sd["perm"] is None else sd["perm"].to(self.device)
         self.pos = int(sd["pos"])
+
+
+def dataset_report(data: Transitions, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The statistics ``srpo datasets show`` prints: episodes and their lengths, how they end, returns (on the
+    0-100 scale where the dataset has reference scores), action ranges and how many components sit on a bound,
+    and how widely actions spread for similar states.
+
+    The last is measured on a sample of states: the mean distance between the actions of each sampled state and
+    of its nearest sampled neighbour, against the mean distance between the actions of random pairs. A ratio
+    near 1 means the data act very differently in similar states (several behaviors mixed, or much noise);
+    near 0, one action per state (one deterministic agent)."""
+    lengths = np.asarray(data.info.get("episode_lengths", []))
+    terminated = int(data.terminals.sum().item())
+    returns = np.asarray(data.episode_returns, dtype=float)
+    a = data.actions.detach().cpu().numpy()
+    out: dict[str, Any] = {
+        "dataset": data.dataset_id,
+        "episodes": int(len(returns)),
+        "steps": int(data.size),
+        "obs_dim": data.obs_dim,
+        "action_dim": data.action_dim,
+        "episode_length": {k: float(f(lengths)) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+        if len(lengths)
+        else {},
+        "terminated": terminated,
+        "truncated": int(len(returns)) - terminated,
+        "return": _quantiles(returns),
+    }
+    if data.ref_min_score is not None and data.ref_max_score is not None and data.ref_max_score != data.ref_min_score:
+        scores = 100.0 * (returns - data.ref_min_score) / (data.ref_max_score - data.ref_min_score)
+        out["score"] = _quantiles(scores)
+    # actions are stored in [-1, 1] (the space's finite bounds mapped there); report them in the env's units
+    env_a = denormalize_action(a, data.action_low, data.action_high)
+    out["action_min"] = env_a.min(0).round(4).tolist()
+    out["action_max"] = env_a.max(0).round(4).tolist()
+    out["actions_on_bound"] = float((np.abs(a) >= 1.0 - 1e-6).mean())
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(data.size, size=min(sample, data.size), replace=False)
+    s = data.observations.detach().cpu().numpy()[idx]
+    sa = a[idx]
+    if len(idx) > 2:
+        d = ((s[:, None, :] - s[None, :, :]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        nearest = d.argmin(1)
+        near = float(np.linalg.norm(sa - sa[nearest], axis=1).mean())
+        pairs = float(np.linalg.norm(sa - sa[rng.permutation(len(idx))], axis=1).mean())
+        out["action_spread"] = {"nearest_state": near, "random_pair": pairs, "ratio": near / pairs if pairs else 0.0}
+    return out
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0]) if len(x) else [float("nan")] * 5
+    return {
+        "mean": float(np.mean(x)) if len(x) else float("nan"),
+        **dict(zip(("min", "q25", "median", "q75", "max"), map(float, q), strict=True)),
+    }
+
+
+def report_line(report: dict[str, Any]) -> str:
+    """One line of ``dataset_report`` for a stage's log."""
+    score = report.get("score")
+    ret = f"score {score['mean']:.1f} (0-100)" if score else f"return {report['return']['mean']:.1f}"
+    spread = report.get("action_spread", {}).get("ratio")
+    return (
+        f"{report['episodes']:,} episodes ({report['terminated']:,} terminated), mean {ret}, "
+        f"{100 * report['actions_on_bound']:.1f}% of action components on a bound"
+        + (f", action spread between similar states {spread:.2f} of random pairs'" if spread is not None else "")
+    )

@@ -222,6 +222,8 @@ class MetricsCSV:
     def __init__(self, path: Path, resume_step: int | None):
         self.target = path
         self.fields: list[str] | None = None
+        # training seconds before this run resumed: wall_s continues from there instead of restarting at 0
+        self.wall_offset = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
         staged = staged_metrics_path(path)
@@ -236,6 +238,8 @@ class MetricsCSV:
         keep = [r for r in rows if r.get("step") and int(r["step"]) <= resume_step]
         if rows:
             self.fields = list(rows[0].keys())
+        walls = [float(r["wall_s"]) for r in keep if r.get("wall_s")]
+        self.wall_offset = max(walls, default=0.0)
         self._rewrite(keep)
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
@@ -254,7 +258,27 @@ class MetricsCSV:
             os.replace(self.path, self.target)
             self.path = self.target
 
+    def attach_tensorboard(self, log_dir: Path, purge_step: int) -> None:
+        """Mirror every numeric value to TensorBoard event files in ``log_dir`` (if the tensorboard package is
+        installed). ``purge_step``: events at or after it, left by a run this one replaces or resumes before,
+        are hidden, as the CSV drops its rows past the resumed step."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the tensorboard package is optional
+            return
+        self.tb = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def close(self) -> None:
+        if getattr(self, "tb", None) is not None:
+            self.tb.close()
+            self.tb = None
+
     def write(self, row: dict[str, Any]) -> None:
+        tb = getattr(self, "tb", None)
+        if tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, int | float):
+                    tb.add_scalar(k, v, row["step"])
         if self.fields is None:
             self.fields = list(row.keys())
             with open(self.path, "w", newline="") as f:
@@ -316,6 +340,9 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
     if start > total_steps:
         raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
     metrics = MetricsCSV(ckpt_path.parent / artifacts.METRICS_DIR / f"{stage.name}.csv", start if resume else None)
+    if stage.cfg.tensorboard:
+        tb_dir = ckpt_path.parent / artifacts.METRICS_DIR / artifacts.TENSORBOARD_DIR / stage.name
+        metrics.attach_tensorboard(tb_dir, start + 1)
     # Kept weights beyond the starting step belong to a run being replaced (--force) or to the stretch after
     # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve. They
     # go when this run's first checkpoint replaces the old one (killed before, the old run stays whole).
@@ -366,7 +393,7 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
         now = time.perf_counter()
         rate = (step - step_log) / max(now - t_log, 1e-9)
         t_log, step_log = now, step
-        row = {"step": step, "wall_s": round(now - t0, 3), "steps_per_s": round(rate, 2)}
+        row = {"step": step, "wall_s": round(metrics.wall_offset + now - t0, 3), "steps_per_s": round(rate, 2)}
         for name, sched in stage.schedulers.items():
             row[f"lr_{name}"] = sched.get_last_lr()[0]
         row.update({k: round(v, 6) for k, v in stacked.items()})
@@ -407,7 +434,8 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
                 for every, fn in hooks:
                     if every > 0 and (step % every == 0 or step == total_steps):
                         extra = fn(step)
-                        metrics.write({"step": step, "wall_s": round(time.perf_counter() - t0, 3), **extra})
+                        wall = metrics.wall_offset + time.perf_counter() - t0
+                        metrics.write({"step": step, "wall_s": round(wall, 3), **extra})
                         if not quiet:
                             progress.console.print(f"{stage.name} step {step}: {_format_losses(extra)}")
                 if keep_every > 0 and (step % keep_every == 0 or step == total_steps):
@@ -434,6 +462,7 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
         ) from None
     finally:
         _restore_stop_handlers(previous_handlers)
+        metrics.close()
     wall = time.perf_counter() - t0
     return {
         "stage": stage.name,
