@@ -2,7 +2,7 @@
 the app and the error contract; stages: training; data: datasets; settings: configuration; results: eval,
 bench, export, plot)."""
 
-from srpo_cli.cli import data, results, settings, stages  # noqa: F401  (registers the commands)
+from srpo_cli.cli import data, results, settings, stages, sweep  # noqa: F401  (registers the commands)
 from srpo_cli.cli.common import app
 
 __all__ = ["app"]

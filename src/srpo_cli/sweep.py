@@ -1,0 +1,344 @@
+"""``srpo sweep``: datasets x seeds x betas on Ray, from a laptop to a cluster.
+
+Why Ray core tasks rather than Ray Tune: a sweep here is a graph of stages that share work (one behavior model
+and one critic per dataset and seed feed one extraction per beta, the AWR baseline and the evaluations), and Ray
+tasks that take other tasks' results as arguments express that graph as it is, each stage scheduled as soon as
+its inputs exist and a CPU (or GPU share) is free. Tune's unit is a whole trial, which would retrain the
+pretraining once per beta or need the same graph built by hand inside it.
+
+Every stage trains through ``pipeline.train_stage`` into the run directory it would use on the command line,
+so a sweep resumes like any run: a finished stage is reused (with the lineage and configuration checks of
+``pipeline.stage_plan``), a partial one continues from its checkpoint. A stage that fails is reported with
+its error; the stages that do not depend on it go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from srpo_cli import artifacts
+from srpo_cli.config import resolve
+from srpo_cli.errors import RuntimeFailure, UsageError
+
+_NO_CONFIG_FILE = Path(os.devnull) / "srpo.yaml"  # a sweep is configured by its arguments alone
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` or ``0,1,5`` or both (``0-2,7``)."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise UsageError(f"--seeds expects integers and ranges such as 0-4 or 0,1,5; got '{text}'.") from None
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise UsageError(f"--seeds '{text}' names no seed, or a seed twice.")
+    return seeds
+
+
+@dataclass
+class Task:
+    """One node of the sweep's graph, as the live table shows it."""
+
+    name: str  # e.g. "hopper seed 0 extract beta=0.05"
+    ref: Any = None
+    state: str = "waiting"  # waiting, done, failed
+    wall_s: float | None = None
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
+    """Run in a Ray worker: train ``stage`` of the run (or reuse it when finished); ``parents`` are the results
+    of the stages it reads, passed only so that Ray starts it after them."""
+    import torch
+
+    from srpo_cli.config import SECTIONS, RunConfig
+    from srpo_cli.data.transitions import load_transitions
+    from srpo_cli.pipeline import stage_plan, train_stage
+
+    torch.set_num_threads(max(1, threads))
+    cfg = RunConfig(**{k: v for k, v in cfg_dict.items() if k not in SECTIONS})
+    for sec, cls in SECTIONS.items():
+        setattr(cfg, sec, cls(**cfg_dict[sec]))
+    run = Path(run_dir)
+    path = run / artifacts.STAGE_FILES[stage]
+    section = {"extract": "extract", "behavior": "behavior", "critic": "critic"}.get(stage, "baseline")
+    plan = stage_plan(path, getattr(cfg, section).steps, cfg=cfg)
+    t0 = time.perf_counter()
+    if plan != "skip":
+        data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
+        train_stage(stage, cfg, data, run, torch.device("cpu"), resume=plan == "resume", quiet=True)
+    return {"stage": stage, "plan": plan, "wall_s": time.perf_counter() - t0}
+
+
+def _eval_task(policy: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
+    import torch
+
+    from srpo_cli.config import SECTIONS, RunConfig
+    from srpo_cli.pipeline import evaluate_run
+
+    torch.set_num_threads(max(1, threads))
+    cfg = RunConfig(**{k: v for k, v in cfg_dict.items() if k not in SECTIONS})
+    for sec, cls in SECTIONS.items():
+        setattr(cfg, sec, cls(**cfg_dict[sec]))
+    res = evaluate_run(cfg, Path(run_dir), policy)
+    summary = res.summary()
+    data_return = summary.get("dataset_mean_return")
+    if data_return is not None:
+        summary["dataset_score"] = float(res.normalized(data_return)) if res.has_ref else float(data_return)
+    return summary
+
+
+def _link_parents(run: Path, beta_dir: Path) -> None:
+    """An extraction at another beta reads the run's behavior model and critic: hard links, not copies."""
+    beta_dir.mkdir(parents=True, exist_ok=True)
+    for name in (artifacts.BEHAVIOR, artifacts.CRITIC):
+        target = beta_dir / name
+        if target.exists() and os.path.samefile(target, run / name):
+            continue
+        target.unlink(missing_ok=True)
+        os.link(run / name, target)
+
+
+def _extract_task(cfg_dict: dict, run_dir: str, beta_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
+    _link_parents(Path(run_dir), Path(beta_dir))
+    return _stage_task("extract", cfg_dict, beta_dir, threads)
+
+
+def run_sweep(
+    datasets: list[str],
+    seeds: list[int],
+    betas: list[float],
+    out: Path,
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    on_update: Callable[[list[Task]], None] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every (dataset, seed) and, from each, one SRPO actor per beta; returns the summary
+    that ``write_results`` publishes. ``address``: None starts a private local Ray instance with ``num_cpus``
+    CPUs (stopped at the end); ``auto`` or ``ray://host:port`` joins a running cluster, whose workers must
+    see ``out`` at the same path (shared storage)."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeFailure(
+            "srpo sweep needs Ray.", "Install it with: pip install 'srpo-cli[sweep]' (or 'ray')."
+        ) from None
+    if not betas:
+        raise UsageError("--betas names no beta.", "Example: --betas 0.01,0.05,0.1")
+    out = Path(out).resolve()
+    cfgs = {}
+    for dataset in datasets:
+        for seed in seeds:
+            flags = {**(overrides or {}), "dataset": dataset, "seed": seed}
+            flags["run_dir"] = str(out / "runs" / "{dataset}" / "seed{seed}")
+            cfgs[dataset, seed] = resolve(flags, preset=preset, config_path=_NO_CONFIG_FILE, environ={})
+    started_here = not ray.is_initialized() and address is None
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        kwargs = {"num_cpus": num_cpus} if address is None else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    startup_s = time.perf_counter() - t0
+    threads = max(1, int(cpus_per_trial))
+    opts = {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial, "max_retries": 0}
+    stage = ray.remote(_stage_task).options(**opts)
+    extract = ray.remote(_extract_task).options(**opts)
+    evaluate = ray.remote(_eval_task).options(**opts)
+    tasks: list[Task] = []
+    try:
+        for (dataset, seed), cfg in cfgs.items():
+            run = cfg.resolved_run_dir()
+            run.mkdir(parents=True, exist_ok=True)
+            d = cfg.to_dict()
+            label = f"{dataset} seed {seed}"
+            b = Task(f"{label} behavior", stage.remote("behavior", d, str(run), threads))
+            c = Task(f"{label} critic", stage.remote("critic", d, str(run), threads))
+            awr = Task(f"{label} awr", stage.remote("awr", d, str(run), threads, c.ref))
+            bc = Task(f"{label} bc", stage.remote("bc", d, str(run), threads))
+            tasks += [b, c, awr, bc]
+            tasks.append(Task(f"{label} eval awr", evaluate.remote("awr", d, str(run), threads, awr.ref)))
+            tasks.append(Task(f"{label} eval bc", evaluate.remote("bc", d, str(run), threads, bc.ref)))
+            for beta in betas:
+                cb = resolve(
+                    {**(overrides or {}), "dataset": dataset, "seed": seed, "extract.beta": beta},
+                    preset=preset,
+                    config_path=_NO_CONFIG_FILE,
+                    environ={},
+                ).to_dict()
+                beta_dir = run / f"beta-{beta:g}"
+                cb["run_dir"] = str(beta_dir)
+                e = Task(
+                    f"{label} extract beta={beta:g}", extract.remote(cb, str(run), str(beta_dir), threads, b.ref, c.ref)
+                )
+                tasks.append(e)
+                tasks.append(
+                    Task(f"{label} eval srpo beta={beta:g}", evaluate.remote("srpo", cb, str(beta_dir), threads, e.ref))
+                )
+        pending = {t.ref: t for t in tasks}
+        while pending:
+            if on_update:
+                on_update(tasks)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                t = pending.pop(ref)
+                try:
+                    t.result = ray.get(ref)
+                    t.state, t.wall_s = "done", t.result.get("wall_s")
+                except Exception as e:  # a RayTaskError wrapping the stage's own error (or its parent's)
+                    cause = getattr(e, "cause", None) or e
+                    text = str(cause).strip().splitlines()
+                    t.state, t.error = "failed", (text[-1] if text else type(cause).__name__)[:300]
+        if on_update:
+            on_update(tasks)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return summarize(cfgs, betas, tasks, startup_s, time.perf_counter() - t0)
+
+
+def summarize(cfgs: dict, betas: list[float], tasks: list[Task], startup_s: float, wall_s: float) -> dict[str, Any]:
+    """Scores per dataset and beta over seeds (mean, std), the data's average, BC and AWR, wall time per stage,
+    the best beta per dataset, and every failure."""
+    by_name = {t.name: t for t in tasks}
+    datasets = sorted({d for d, _ in cfgs})
+    rows = []
+    for dataset in datasets:
+        seeds = sorted(s for d, s in cfgs if d == dataset)
+        entry: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "betas": {}}
+        for beta in betas:
+            names = [f"{dataset} seed {s} eval srpo beta={beta:g}" for s in seeds]
+            entry["betas"][f"{beta:g}"] = _mean_std(_scores(by_name, names))
+        for policy in ("bc", "awr"):
+            entry[policy] = _mean_std(_scores(by_name, [f"{dataset} seed {s} eval {policy}" for s in seeds]))
+        entry["data"] = _data_score(dataset, tasks)
+        finished = {b: v for b, v in entry["betas"].items() if v["n"]}
+        entry["best_beta"] = max(finished, key=lambda b: finished[b]["mean"]) if finished else None
+        rows.append(entry)
+    walls: dict[str, list[float]] = {}
+    for t in tasks:
+        if t.state == "done" and t.result.get("plan") in ("train", "resume"):
+            kind = t.result["stage"]
+            walls.setdefault(kind, []).append(t.wall_s or 0.0)
+    return {
+        "rows": rows,
+        "betas": [f"{b:g}" for b in betas],
+        "wall_s_per_stage": {k: float(np.mean(v)) for k, v in walls.items()},
+        "ray_startup_s": startup_s,
+        "wall_s": wall_s,
+        "failures": [{"task": t.name, "error": t.error} for t in tasks if t.state == "failed"],
+        "score_scale": "0-100 normalized where the dataset has reference scores, else return",
+    }
+
+
+def _scores(by_name: dict[str, Task], names: list[str]) -> list[float]:
+    """Each finished evaluation's score (its return where the dataset has no reference scores)."""
+    done = [by_name[n] for n in names if n in by_name and by_name[n].state == "done"]
+    return [float(t.result.get("score_mean", t.result.get("return_mean"))) for t in done]
+
+
+def _data_score(dataset: str, tasks: list[Task]) -> float | None:
+    """The data's average on the table's scale, as any finished evaluation on the dataset reports it."""
+    for t in tasks:
+        if t.state == "done" and t.name.startswith(f"{dataset} seed") and "dataset_score" in t.result:
+            return float(t.result["dataset_score"])
+    return None
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str, Path]:
+    """``sweep.md`` (a table with the best beta per dataset in bold), ``sweep.json`` and ``sweep.png`` (score
+    against beta with the spread over seeds) in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from srpo_cli.train.checkpoint import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def fmt(v: dict[str, Any]) -> str:
+        return "-" if not v["n"] else f"{v['mean']:.1f} ± {v['std']:.1f} (n={v['n']})"
+
+    lines = [
+        "# srpo sweep",
+        "",
+        f"Command: `{command}`  ",
+        f"Score: {summary['score_scale']}; mean ± std over seeds of each seed's final actor. Best beta in bold.  ",
+        f"Wall time: {summary['wall_s']:.0f} s in all, Ray start-up {summary['ray_startup_s']:.1f} s; per stage "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in summary["wall_s_per_stage"].items()),
+        "",
+        "| dataset | data | " + " | ".join(f"SRPO beta={b}" for b in summary["betas"]) + " | AWR | BC |",
+        "|---|---|" + "---|" * len(summary["betas"]) + "---|---|",
+    ]
+    for row in summary["rows"]:
+        cells = []
+        for b in summary["betas"]:
+            text = fmt(row["betas"][b])
+            cells.append(f"**{text}**" if b == row["best_beta"] else text)
+        data = "-" if row["data"] is None else f"{row['data']:.1f}"
+        lines.append(
+            f"| {row['dataset']} | {data} | " + " | ".join(cells) + f" | {fmt(row['awr'])} | {fmt(row['bc'])} |"
+        )
+    if summary["failures"]:
+        lines += ["", "Failed stages:", ""] + [f"- {f['task']}: {f['error']}" for f in summary["failures"]]
+    files = {"md": out / "sweep.md", "json": out / "sweep.json", "png": out / "sweep.png"}
+    atomic_write(files["md"], lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(files["json"], lambda tmp: Path(tmp).write_text(json.dumps({**summary, "command": command}, indent=1)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [float(b) for b in summary["betas"]]
+    for row in summary["rows"]:
+        means = [row["betas"][b]["mean"] for b in summary["betas"]]
+        stds = [row["betas"][b]["std"] or 0.0 for b in summary["betas"]]
+        ok = [i for i, m in enumerate(means) if m is not None]
+        if not ok:
+            continue
+        line = ax.errorbar(
+            [xs[i] for i in ok],
+            [means[i] for i in ok],
+            yerr=[stds[i] for i in ok],
+            marker="o",
+            capsize=3,
+            label=row["dataset"],
+        )
+        if row["best_beta"] is not None:
+            i = summary["betas"].index(row["best_beta"])
+            ax.plot([xs[i]], [means[i]], marker="*", ms=14, color=line[0].get_color())
+        if row["data"] is not None:
+            ax.axhline(row["data"], ls=":", color=line[0].get_color(), lw=1)
+    ax.set_xlabel("beta")
+    ax.set_ylabel("score (0-100)" if "score" in summary["score_scale"] else "return")
+    if len(xs) > 1 and min(xs) > 0:
+        ax.set_xscale("log")
+    ax.set_title("SRPO against beta (spread over seeds; star: best; dotted: the data)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp_png = files["png"].with_name(".sweep.png.tmp.png")
+    fig.savefig(tmp_png, dpi=100)
+    plt.close(fig)
+    os.replace(tmp_png, files["png"])
+    return files
