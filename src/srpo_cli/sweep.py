@@ -60,19 +60,26 @@ class Task:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def _config_from_dict(d: dict[str, Any]):
+    """A RunConfig back from ``RunConfig.to_dict()`` (what a Ray task receives)."""
+    from srpo_cli.config import SECTIONS, RunConfig
+
+    cfg = RunConfig(**{k: v for k, v in d.items() if k not in SECTIONS})
+    for sec, cls in SECTIONS.items():
+        setattr(cfg, sec, cls(**d[sec]))
+    return cfg
+
+
 def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
     """Run in a Ray worker: train ``stage`` of the run (or reuse it when finished); ``parents`` are the results
     of the stages it reads, passed only so that Ray starts it after them."""
     import torch
 
-    from srpo_cli.config import SECTIONS, RunConfig
     from srpo_cli.data.transitions import load_transitions
     from srpo_cli.pipeline import stage_plan, train_stage
 
     torch.set_num_threads(max(1, threads))
-    cfg = RunConfig(**{k: v for k, v in cfg_dict.items() if k not in SECTIONS})
-    for sec, cls in SECTIONS.items():
-        setattr(cfg, sec, cls(**cfg_dict[sec]))
+    cfg = _config_from_dict(cfg_dict)
     run = Path(run_dir)
     path = run / artifacts.STAGE_FILES[stage]
     section = {"extract": "extract", "behavior": "behavior", "critic": "critic"}.get(stage, "baseline")
@@ -87,13 +94,10 @@ def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents
 def _eval_task(policy: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
     import torch
 
-    from srpo_cli.config import SECTIONS, RunConfig
     from srpo_cli.pipeline import evaluate_run
 
     torch.set_num_threads(max(1, threads))
-    cfg = RunConfig(**{k: v for k, v in cfg_dict.items() if k not in SECTIONS})
-    for sec, cls in SECTIONS.items():
-        setattr(cfg, sec, cls(**cfg_dict[sec]))
+    cfg = _config_from_dict(cfg_dict)
     res = evaluate_run(cfg, Path(run_dir), policy)
     summary = res.summary()
     data_return = summary.get("dataset_mean_return")
