@@ -300,5 +300,5 @@ def report_line(report: dict[str, Any]) -> str:
     return (
         f"{report['episodes']:,} episodes ({report['terminated']:,} terminated), mean {ret}, "
         f"{100 * report['actions_on_bound']:.1f}% of action components on a bound"
-        + (f", action spread between similar states {spread:.2f} of random pairs'" if spread is not None else "")
+        + (f", actions of similar states {spread:.2f} as far apart as random pairs" if spread is not None else "")
     )
