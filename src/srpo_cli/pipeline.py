@@ -3,6 +3,7 @@ policies, the side-by-side schedule and the whole pipeline. Everything here is u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,6 +28,7 @@ from srpo_cli.data.transitions import Transitions, dataset_report, report_line
 from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
 from srpo_cli.train.checkpoint import Checkpoint, atomic_write, load_checkpoint, sha256_file
 from srpo_cli.train.device import busy_cores_warning, resolve_device
+from srpo_cli.train.distributed import barrier, init_from_env, is_main, leave
 from srpo_cli.train.loop import check_can_write, has_train_state, kept_files, staged_metrics_path
 
 
@@ -83,19 +85,34 @@ def check_run_dir(run_dir: Path) -> None:
 
 def run_stage(
     name: str, cfg: RunConfig, *, resume: bool = False, force: bool = False, quiet: bool = False, log=None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """What ``srpo pretrain-behavior`` (``pretrain-critic``, ``extract``, ``train-baseline``) does: check the
     run directory, refuse to overwrite or to resume with other settings, hold the stage's lock, load the
-    dataset (building the built-in default if missing) and train. ``log``: a Rich console for notes."""
+    dataset (building the built-in default if missing) and train. ``log``: a Rich console for notes.
+
+    Launched by ``torchrun`` (``torchrun --nproc-per-node N -m srpo_cli pretrain-critic ...``), every rank runs
+    this: the configured batch is split across them, and rank 0 alone writes (train/distributed.py)."""
+    device = resolve_device(cfg.device)
+    joined = init_from_env(device)  # under torchrun: one rank of a data-parallel training
+    main = is_main()
+    try:
+        summary = _run_stage(name, cfg, device, resume, force, quiet if main else True, log if main else None)
+    finally:
+        if joined:
+            leave()
+    return summary if main else None  # one summary (rank 0's) for the whole data-parallel run
+
+
+def _run_stage(name: str, cfg: RunConfig, device, resume: bool, force: bool, quiet: bool, log) -> dict[str, Any]:
     from srpo_cli.data.fetch import ensure_local
     from srpo_cli.data.transitions import load_transitions
     from srpo_cli.train.checkpoint import exclusive, lock_path
 
-    device = resolve_device(cfg.device)
     run_dir = cfg.resolved_run_dir()
     check_run_dir(run_dir)
     ckpt = run_dir / artifacts.STAGE_FILES[name]
-    check_can_write(ckpt, resume, force)
+    if is_main():  # the other ranks read what rank 0 checks, and may see the files it writes meanwhile
+        check_can_write(ckpt, resume, force)
     if resume:
         refuse_other_config(
             load_checkpoint(ckpt),
@@ -110,9 +127,11 @@ def run_stage(
                 "Run 'srpo pretrain-behavior' and 'srpo pretrain-critic' first (same --run/--dataset/--seed).",
             )
     # Taken before the data load, so that a second writer or a read-only folder is refused at once (training
-    # takes it again; held for the whole stage).
-    with exclusive(lock_path(ckpt), str(ckpt)):
-        ensure_local(cfg.dataset, log)
+    # takes it again; held for the whole stage). Under torchrun rank 0 holds it for all the ranks.
+    with exclusive(lock_path(ckpt), str(ckpt)) if is_main() else contextlib.nullcontext():
+        if is_main():  # one rank builds the built-in default if it is missing; the others wait for it
+            ensure_local(cfg.dataset, log)
+        barrier()
         data = load_transitions(cfg.dataset, device, cfg.data.normalize_actions)
         if log is not None:
             log.print(

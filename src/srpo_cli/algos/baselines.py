@@ -46,7 +46,7 @@ class RegressionStage(Stage):
 
     def step(self) -> dict[str, torch.Tensor]:
         c = self.cfg.baseline
-        idx = self.sampler.next()
+        idx = self.batch_indices()
         s, a = self.data.observations[idx], self.data.actions[idx]
         if self.kind == "awr":
             with torch.no_grad():

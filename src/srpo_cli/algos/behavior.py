@@ -48,10 +48,10 @@ class BehaviorStage(Stage):
 
     def step(self) -> dict[str, torch.Tensor]:
         c = self.cfg.behavior
-        idx = self.sampler.next()
+        idx = self.batch_indices()
         s, a = self.data.observations[idx], self.data.actions[idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = eps_loss(self.forward, self.schedule, a, s, c.t_min, c.t_max, self.generator)
+            loss = eps_loss(self.forward, self.schedule, a, s, c.t_min, c.t_max, self.noise_generator)
         opt = self.optimizers["net"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

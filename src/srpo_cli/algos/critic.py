@@ -66,7 +66,7 @@ class CriticStage(Stage):
         return v_loss, q_loss, v.mean(), grads
 
     def step(self) -> dict[str, torch.Tensor]:
-        idx = self.sampler.next()
+        idx = self.batch_indices()
         d = self.data
         columns = (d.observations, d.actions, self.rewards, d.next_observations, d.terminals)
         # index_select, not advanced indexing: half the cost for 1-D indices on a CPU

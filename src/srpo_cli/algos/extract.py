@@ -175,7 +175,7 @@ class ExtractStage(Stage):
         )
 
     def step(self) -> dict[str, torch.Tensor]:
-        idx = self.sampler.next()
+        idx = self.batch_indices()
         grads, loss, score_term, q_value = srpo_actor_grads(
             self.actor,
             self.data.observations.index_select(0, idx),
@@ -183,7 +183,7 @@ class ExtractStage(Stage):
             self.q_target,
             self.schedule,
             self.cfg.extract,
-            self.generator,
+            self.noise_generator,
             self.device.type,
             self.compiled,
         )

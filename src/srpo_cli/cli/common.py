@@ -119,7 +119,15 @@ def main(
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Minari dataset id (default: built-in).")]
 
 
-RunOpt = Annotated[str | None, typer.Option("--run", help="Run directory ({dataset} and {seed} are filled in).")]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        "--run-dir",
+        help="Run directory ({dataset} and {seed} are filled in). Under torchrun, spell it --run-dir (torchrun "
+        "takes --run for its own --run-path).",
+    ),
+]
 
 
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Preset name (see 'srpo presets').")]

@@ -36,7 +36,9 @@ from srpo_cli.cli.common import (
 def _train(name: str, cfg, resume: bool, force: bool, quiet: bool, as_json: bool) -> None:
     from srpo_cli.pipeline import run_stage
 
-    print_summary(run_stage(name, cfg, resume=resume, force=force, quiet=quiet, log=err), as_json)
+    summary = run_stage(name, cfg, resume=resume, force=force, quiet=quiet, log=err)
+    if summary is not None:  # under torchrun the other ranks return None: one summary, rank 0's
+        print_summary(summary, as_json)
 
 
 @app.command("pretrain-behavior")

@@ -32,6 +32,7 @@ from srpo_cli.train.checkpoint import (
     sha256_file,
 )
 from srpo_cli.train.device import _sync, tune_malloc
+from srpo_cli.train.distributed import any_rank, average, barrier, check_batch, gather, rank_and_world
 
 stderr = Console(stderr=True)
 
@@ -53,6 +54,12 @@ class Stage:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
         self.sampler = BatchSampler(data.size, batch_size, self.generator, cfg.data.sampling)
+        # Under torchrun each rank trains on its slice of the global batch (train/distributed.py); noise and
+        # dropout draws then come from rank-derived seeds (``distribute``), alone they share the batch stream.
+        self.rank, self.world = rank_and_world()
+        if self.world > 1:
+            check_batch(batch_size, f"The {self.name} batch size")
+        self.noise_generator = self.generator
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
@@ -60,6 +67,24 @@ class Stage:
 
     def step(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def batch_indices(self) -> torch.Tensor:
+        """The next batch's indices: the whole batch alone, this rank's slice of it under torchrun."""
+        idx = self.sampler.next()
+        return idx if self.world == 1 else idx.chunk(self.world)[self.rank]
+
+    def distribute(self) -> None:
+        """Per-rank random streams for noise and dropout, once the networks are built from the shared seed
+        (so every rank starts from the same weights)."""
+        if self.world == 1:
+            return
+        seed = self.cfg.seed * 1_000_003 + 7_919 * (self.rank + 1)
+        torch.manual_seed(seed)
+        self.noise_generator = torch.Generator(device=self.device)
+        self.noise_generator.manual_seed(seed)
+
+    def _rank_rng(self) -> dict[str, Any]:
+        return {"torch_rng": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
 
     def extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {
@@ -81,11 +106,15 @@ class Stage:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        # The new state goes beside the last one, then the weights replace theirs, then the new state replaces
-        # the old: killed at any point, one of the two state files matches the weights (``load`` picks it).
-        save_train_state(next_state_path(path), state)
-        self.save_weights(path, step)
-        os.replace(next_state_path(path), state_path(path))
+        if self.world > 1:  # every rank's own streams, so that a resumed run continues each of them
+            state["ranks"] = gather(self._rank_rng())
+        if self.rank == 0:
+            # The new state goes beside the last one, then the weights replace theirs, then the new state
+            # replaces the old: killed at any point, one of the two state files matches the weights (``load``).
+            save_train_state(next_state_path(path), state)
+            self.save_weights(path, step)
+            os.replace(next_state_path(path), state_path(path))
+        barrier()
 
     def save_weights(self, path: Path, step: int) -> None:
         """The checkpoint alone (no training state): what downstream stages, eval and export read."""
@@ -114,8 +143,12 @@ class Stage:
         )
 
     def load(self, path: Path) -> int:
+        if self.rank > 0:
+            barrier()  # rank 0 first: it may put the next state file in place (matching_train_state)
         ckpt = load_checkpoint(path, self.ckpt_stage)
         state = matching_train_state(path, ckpt.meta["step"])
+        if self.rank == 0:
+            barrier()
         for k, m in self.modules.items():
             m.load_state_dict({n: v.to(self.device) for n, v in ckpt.section(k).items()})
         for k, o in self.optimizers.items():
@@ -127,6 +160,10 @@ class Stage:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks = state.get("ranks")
+        if self.world > 1 and ranks and len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank]["torch_rng"])
+            self.noise_generator.set_state(ranks[self.rank]["noise"])
         return int(state["step"])
 
     def _load_generator(self, state: dict[str, Any], path: Path) -> None:
@@ -205,6 +242,21 @@ def kept_files(ckpt: Path) -> list[tuple[int, Path]]:
 
 def _format_losses(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+class _NoMetrics:
+    """What a rank other than 0 writes its metrics to: nothing (rank 0 logs the ranks' average)."""
+
+    wall_offset = 0.0
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def staged_metrics_path(path: Path) -> Path:
@@ -329,24 +381,32 @@ def fit(
     One writer per checkpoint: a second process training the same stage into the same run is refused while
     this one runs (``checkpoint.exclusive``)."""
     tune_malloc()  # before the training's first allocations; once per process
+    stage.distribute()
+    if stage.rank > 0:  # rank 0 holds the lock and writes; the others train beside it
+        return _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, True, stop_at, [], 0)
     with exclusive(lock_path(ckpt_path), f"{ckpt_path}"):
         return _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, stop_at, hooks, keep_every)
 
 
 def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, stop_at, hooks, keep_every):
-    for f in (ckpt_path, state_path(ckpt_path), next_state_path(ckpt_path)):
-        remove_stale_temps(f)  # left by a process killed inside a write; we hold the stage's lock
+    main = stage.rank == 0
+    if main:
+        for f in (ckpt_path, state_path(ckpt_path), next_state_path(ckpt_path)):
+            remove_stale_temps(f)  # left by a process killed inside a write; we hold the stage's lock
     start = stage.load(ckpt_path) if resume else 0
     if start > total_steps:
         raise UsageError(f"{ckpt_path} is already at step {start}, beyond --steps {total_steps}.")
-    metrics = MetricsCSV(ckpt_path.parent / artifacts.METRICS_DIR / f"{stage.name}.csv", start if resume else None)
-    if stage.cfg.tensorboard:
+    if not main:
+        metrics = _NoMetrics()
+    else:
+        metrics = MetricsCSV(ckpt_path.parent / artifacts.METRICS_DIR / f"{stage.name}.csv", start if resume else None)
+    if main and stage.cfg.tensorboard:
         tb_dir = ckpt_path.parent / artifacts.METRICS_DIR / artifacts.TENSORBOARD_DIR / stage.name
         metrics.attach_tensorboard(tb_dir, start + 1)
     # Kept weights beyond the starting step belong to a run being replaced (--force) or to the stretch after
     # the checkpoint we resume from, which is trained again: left, they would mix two runs in one curve. They
     # go when this run's first checkpoint replaces the old one (killed before, the old run stays whole).
-    stale_kept = {p for s, p in kept_files(ckpt_path) if s > start}
+    stale_kept = {p for s, p in kept_files(ckpt_path) if s > start} if main else set()
 
     def save(step: int) -> None:
         stage.save(ckpt_path, step)
@@ -381,7 +441,10 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
         nonlocal last, t_log, step_log
         if not pending:
             return
-        stacked = {k: torch.stack([p[k] for p in pending]).float().mean().item() for k in pending[0]}
+        means = torch.stack([torch.stack([p[k] for p in pending]).float().mean() for k in pending[0]])
+        if stage.world > 1:  # every rank's share of the batch
+            means = average(means)
+        stacked = dict(zip(pending[0], means.tolist(), strict=True))
         pending.clear()
         bad = [k for k, v in stacked.items() if not math.isfinite(v)]
         if bad:
@@ -401,12 +464,19 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
         metrics.write(row)
         progress.update(task, completed=step, rate=f"{rate:,.1f}", losses=_format_losses(stacked))
 
+    distributed = stage.world > 1
     previous_handlers = _install_stop_handlers()
     try:
         with progress:
             task = progress.add_task(stage.name, total=total_steps, completed=start, rate="-", losses="")
             while step < end:
-                if _STOP["received"]:
+                if distributed:
+                    # ranks receive a signal at different steps: the handler only records it, and every rank
+                    # stops at the first boundary where any of them has one (a checkpoint is a collective)
+                    _STOP["in_step"] = True
+                    if any_rank(_STOP["received"], stage.device):
+                        raise KeyboardInterrupt
+                elif _STOP["received"]:
                     raise KeyboardInterrupt
                 # A stop signal landing inside the step would leave it half done (weights updated, the
                 # counter not; or the batch drawn, the weights not), and the checkpoint written on the way
@@ -414,9 +484,10 @@ def _fit(stage, total_steps, ckpt_path, resume, log_every, ckpt_every, quiet, st
                 _STOP["in_step"] = True
                 pending.append(stage.step())
                 step += 1
-                _STOP["in_step"] = False
-                if _STOP["received"]:
-                    raise KeyboardInterrupt
+                if not distributed:
+                    _STOP["in_step"] = False
+                    if _STOP["received"]:
+                        raise KeyboardInterrupt
                 if step == speed_probe[0]:
                     _sync(stage.device)
                     probe_t = time.perf_counter()

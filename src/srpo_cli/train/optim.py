@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from srpo_cli.train.distributed import average_gradients, rank_and_world
+
 
 def optimizer_step(opt: torch.optim.Optimizer) -> None:
     """``opt.step()``; for a fused Adam or AdamW, its kernel called directly with the same arguments.
@@ -18,6 +20,8 @@ def optimizer_step(opt: torch.optim.Optimizer) -> None:
     Adam, the first step, before the state exists, amsgrad, a tensor learning rate, a parameter without a
     gradient, mixed devices or dtypes, complex parameters, gradient scaling) goes through ``opt.step()``.
     """
+    if rank_and_world()[1] > 1:  # data-parallel: every rank steps with the gradient of the whole batch
+        average_gradients([p for g in opt.param_groups for p in g["params"]])
     calls = _direct_adam_calls(opt)
     if calls is None:
         opt.step()
