@@ -3,7 +3,8 @@
 #   1. the test suite with --device cuda (the training tests train, resume and load on the GPU);
 #   2. each stage's steps/s at the paper's batch sizes (tools/perf/bench_speed.py --device cuda), beside the
 #      authors' code when REFERENCE points at a copy of github.com/thu-ml/SRPO;
-#   3. the README's five commands in a fresh folder, where `--device auto` picks the GPU, with their wall times.
+#   3. the README's five commands in a fresh folder, where `--device auto` picks the GPU, with their wall times;
+#   4. data-parallel training under torchrun on the GPUs (nccl).
 # Usage: OUT=folder [REFERENCE=path] [PYTHON=python3] bash scripts/gpu_check.sh
 # The project's dependencies must be importable by $PYTHON (the package itself is taken from src/).
 # Every part has its own time limit, so one that hangs cannot take the others' results with it.
@@ -59,3 +60,14 @@ timeout "${DEMO_TIMEOUT:-150}" bash -c '
 echo "demo rc=$?"
 cat "$OUT/demo.txt"
 tail -n 3 "$OUT/demo.err"
+
+echo "== 4. data-parallel training under torchrun, --device cuda"
+# One rank per visible GPU (nccl needs a GPU per rank); with one GPU this checks the nccl path and rank 0's
+# writing (the 2-rank equality checks run on the CPU in tests/train/test_distributed.py).
+ddp=$(mktemp -d)
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+( cd "$ddp" && export MINARI_DATASETS_PATH=$ddp/minari
+  timeout "${DDP_TIMEOUT:-150}" $PY -m torch.distributed.run --nproc-per-node "$GPUS" -m srpo_cli pretrain-critic \
+      --device cuda --run-dir gpu --steps 2000 --batch-size 256 -q --json > "$OUT/ddp.json" 2> "$OUT/ddp.err"
+  echo "torchrun on $GPUS GPU(s): rc=$?" ) | tee "$OUT/ddp.txt"
+grep -E '"steps_per_s"|"step"' "$OUT/ddp.json"
