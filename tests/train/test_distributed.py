@@ -59,3 +59,27 @@ def test_a_two_rank_run_stopped_and_resumed_ends_where_an_uninterrupted_one_ends
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     state = torch.load(tmp_path / "split" / "behavior.state.pt", weights_only=True)
     assert len(state["ranks"]) == 2 and not torch.equal(state["ranks"][0]["noise"], state["ranks"][1]["noise"])
+
+
+def test_sigterm_to_torchrun_stops_every_rank_with_one_checkpoint(tmp_path, default_dataset):
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SRPO_")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "srpo_cli", "pretrain-critic",
+           "--run-dir", "sig", "--steps", "1000000", "--batch-size", "64", "--threads", "1", "-q",
+           "--set", "critic.log_every=10"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "sig" / "metrics" / "critic.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    step = load_checkpoint(tmp_path / "sig" / "critic.safetensors").meta["step"]
+    assert 30 <= step < 1_000_000
+    # both ranks stopped at that step and it resumes
+    torchrun(tmp_path, "pretrain-critic", "--run-dir", "sig", "--steps", step + 10, "--batch-size", 64, "--threads", 1,
+             "--resume", "-q")  # fmt: skip
+    assert load_checkpoint(tmp_path / "sig" / "critic.safetensors").meta["step"] == step + 10
