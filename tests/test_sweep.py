@@ -1,9 +1,11 @@
 """`srpo sweep` on a real local Ray instance: the graph of stages, failures reported while the rest goes on,
-and a second run that reuses every finished stage."""
+'preset' as a beta, the balance of each extraction, and a second run that reuses every finished stage (and
+refuses one trained with other settings)."""
 
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from srpo_cli.cli import app
@@ -14,31 +16,65 @@ TINY = [
     f"--set={k}" for k in (
         "behavior.steps=20", "critic.steps=20", "extract.steps=20", "baseline.steps=20", "eval.episodes=2",
         "eval.num_envs=2", "behavior.batch_size=64", "critic.batch_size=64", "extract.batch_size=64",
-        "baseline.batch_size=64",
+        "baseline.batch_size=64", "extract.beta=0.1",
     )
 ]  # fmt: skip
 
 
-def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_dataset):
+def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_dataset, monkeypatch):
+    # what the sweep measures comes from its command line alone, not from a srpo.yaml or SRPO_* left around
+    (workdir / "srpo.yaml").write_text("preset: antmaze-umaze\n")
+    monkeypatch.setenv("SRPO_PRESET", "antmaze-umaze")
     out = workdir / "sweep"
-    args = ["sweep", "--datasets", f"{default_dataset},nope/missing-v0", "--seeds", "0", "--betas", "0.01,0.1",
+    args = ["sweep", "--datasets", f"{default_dataset},nope/missing-v0", "--seeds", "0", "--betas", "preset,0.01,0.1",
             "--out", str(out), "--threads", "2", "--quiet", "--json", *TINY]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1, r.output  # the missing dataset's stages failed, and said so
     summary = json.loads((out / "sweep.json").read_text())
     own = next(row for row in summary["rows"] if row["dataset"] == default_dataset)
     assert own["betas"]["0.01"]["n"] == 1 and own["betas"]["0.1"]["n"] == 1 and own["bc"]["n"] == 1
-    assert own["best_beta"] in ("0.01", "0.1") and own["data"] == pytest.approx(54.4, abs=0.1)
+    # 'preset' is the configured beta (0.1 here), extracted once and reported under both names
+    assert own["beta_values"]["preset"] == 0.1 and own["betas"]["preset"] == own["betas"]["0.1"]
+    assert own["best_beta"] in ("preset", "0.01", "0.1") and own["data"] == pytest.approx(54.4, abs=0.1)
+    assert "diffusion" not in own and "latency_p50_us" not in own  # only when asked
     assert summary["failures"] and all("nope/missing-v0" in f["task"] for f in summary["failures"])
     assert "not in the local Minari store" in summary["failures"][0]["error"]
     assert summary["ray_startup_s"] > 0 and set(summary["wall_s_per_stage"]) >= {"behavior", "critic", "extract"}
+    assert set(own["train_s"]) == {"behavior", "critic", "extract", "awr", "bc"}
     assert (out / "sweep.png").stat().st_size > 5_000 and "**" in (out / "sweep.md").read_text()
     run = out / "runs" / "srpo-pendulum-scripted-medium-v0" / "seed0"
+    assert sorted(p.name for p in run.glob("beta-*")) == ["beta-0.01", "beta-0.1"]
     assert (run / "beta-0.01" / "actor.safetensors").exists() and (run / "awr.safetensors").exists()
+    # each extraction's balance is the one srpo extract measures for that beta (a distance, or none)
+    from srpo_cli import config
+    from srpo_cli.algos.extract import run_balance
+    from srpo_cli.data.transitions import load_transitions
+
+    for beta in ("0.01", "0.1"):
+        flags = {"dataset": default_dataset, **config.parse_set([a.split("=", 1)[1] for a in TINY])}
+        cfg = config.resolve({**flags, "extract.beta": float(beta)}, config_path=workdir / "none.yaml", environ={})
+        expected = run_balance(cfg, load_transitions(default_dataset), run / f"beta-{beta}", torch.device("cpu"))
+        assert own["balance"][beta] == [expected.balance_step]
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
-    # again, only the dataset that exists: every stage is reused, nothing retrained
+    # again, only the dataset that exists: every stage is reused, nothing retrained; training times are kept
     args[2] = default_dataset
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == stamps
-    assert json.loads((out / "sweep.json").read_text())["wall_s_per_stage"] == {}  # no stage trained
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["wall_s_per_stage"] == {}  # no stage trained
+    assert again["rows"][0]["train_s"] == own["train_s"]
+    # a finished stage trained with other settings is refused, not silently reused
+    r = CliRunner().invoke(app, [*args, "--set", "critic.expectile=0.8"])
+    assert r.exit_code == 1
+    failed = json.loads((out / "sweep.json").read_text())["failures"]
+    critic = next(f for f in failed if f["task"].endswith(" critic"))
+    assert "another configuration" in critic["error"] and "expectile" in critic["error"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")} == stamps
+
+
+def test_sweep_rejects_bad_betas_and_seeds(workdir):
+    for flags, needle in ((["--betas", "0.1,x"], "--betas"), (["--betas", "0.1,0.1"], "twice"),
+                          (["--betas", "-1"], "not a beta"), (["--seeds", "0-x"], "--seeds")):  # fmt: skip
+        r = CliRunner().invoke(app, ["sweep", "--datasets", "a/b-v0", *flags])
+        assert r.exit_code == 2 and needle in r.output, r.output

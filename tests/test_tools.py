@@ -1,19 +1,19 @@
-"""The scripts under tools/ and reproductions/ run and keep their promises (the benchmark runner's table is
+"""The scripts under tools/ and reproductions/ run and keep their promises (the benchmark table's script rebuilds
 what BENCHMARKS.md publishes; docs/reliability.md's cases keep the CLI contract)."""
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from srpo_cli import config
-from srpo_cli.train.checkpoint import load_checkpoint, tensor_digest
+from srpo_cli.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,101 +28,36 @@ def load_example(name: str):
     return module
 
 
-def test_run_benchmarks_writes_the_table_and_reuses_finished_stages(default_dataset, tmp_path, monkeypatch):
-    runner = load_example("run_benchmarks")
-    # what the table measures comes from its command line alone, not from a srpo.yaml or SRPO_* left around
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "srpo.yaml").write_text("preset: antmaze-umaze\n")
-    monkeypatch.setenv("SRPO_PRESET", "antmaze-umaze")
-    tiny = {
-        "behavior.steps": 20, "critic.steps": 20, "extract.steps": 20, "baseline.steps": 20,
-        "behavior.batch_size": 32, "critic.batch_size": 32, "extract.batch_size": 32, "baseline.batch_size": 32,
-        "eval.episodes": 2, "eval.num_envs": 2, "eval.candidates": 2, "eval.sampling_steps": 2,
-        "parallel_pretrain": "false", "device": "cpu",
+def test_bench_tables_script_writes_the_published_columns(default_dataset, tmp_path):
+    """reproductions/bench_tables.sh is one `srpo sweep` with the benchmark's columns: SRPO at the preset's beta
+    and at others, the diffusion baseline, AWR, BC, each stage's training time, the latency and the balance."""
+    pytest.importorskip("ray")
+    tiny = [f"--set={k}" for k in (
+        "behavior.steps=10", "critic.steps=10", "extract.steps=10", "baseline.steps=10", "eval.episodes=2",
+        "eval.num_envs=2", "eval.candidates=2", "eval.sampling_steps=2", "behavior.batch_size=32",
+        "critic.batch_size=32", "extract.batch_size=32", "baseline.batch_size=32",
+    )]  # fmt: skip
+    env = {
+        **os.environ, "DATASETS": default_dataset, "SEEDS": "0", "BETAS": "preset,0", "THREADS": "2",
+        "OUT": str(tmp_path / "bench"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }  # fmt: skip
-    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
-    runs = str(tmp_path / "runs" / "{dataset}" / "seed{seed}")
-    out = tmp_path / "results.md"
-    argv = ["--datasets", default_dataset, "--seeds", "0", "--runs", runs, "--out", str(out), "--quiet", *sets]
-    assert runner.main(argv) == 0
-    table = out.read_text()
-    assert "Command: `python " in table and "run_benchmarks.py --datasets" in table and "--seeds 0" in table
-    row = next(line for line in table.splitlines() if line.startswith(f"| {default_dataset} |"))
+    r = subprocess.run(
+        ["bash", str(ROOT / "reproductions" / "bench_tables.sh"), "--quiet", *tiny],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = (tmp_path / "bench" / "sweep.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| dataset | data |"))
+    assert "SRPO beta=preset (0.05) | SRPO beta=0 | diffusion | AWR | BC | training s" in header
+    assert "latency p50 SRPO / diffusion" in header
+    row = next(line for line in table.splitlines() if line.startswith(f"| {default_dataset} | 54.4 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert len(cells) == 9
-    for score in cells[1:6]:  # data avg, SRPO, diffusion, AWR, BC: "mean ± std"
-        mean, std = (float(x) for x in score.split(" ± "))
-        assert std == 0.0  # one seed
-    # the Q / score balance of the seed's run, as srpo extract measures it: a distance off the data, or none
-    from srpo_cli.algos.extract import run_balance
-    from srpo_cli.data.transitions import load_transitions
-
-    flags = {"dataset": default_dataset, "run_dir": runs, **config.parse_set(sets[1::2])}
-    cfg = config.resolve(flags, config_path=runner._NO_CONFIG_FILE, environ={})
-    expected = run_balance(cfg, load_transitions(default_dataset), cfg.resolved_run_dir(), torch.device("cpu"))
-    assert cells[6] == ("none" if expected.balance_step is None else f"{expected.balance_step:.2f}")
-    assert "Q / score balance (per seed)" in table
-    walls = [float(x) for x in cells[7].split(" / ")]
-    assert len(walls) == 6 and all(w >= 0 for w in walls)
-    run_dir = next((tmp_path / "runs").glob("*/seed0"))
-    for name in ("behavior", "critic", "actor", "awr", "bc"):
-        assert (run_dir / f"{name}.safetensors").exists()
-    own = config.load_preset(config.preset_for_dataset(default_dataset))
-    stored = load_checkpoint(run_dir / "critic.safetensors").config["critic"]
-    assert stored["reward_mode"] == own["critic"].get("reward_mode", "locomotion") != "antmaze"
-    recorded = json.loads((run_dir / "walls.json").read_text())
-    # A second run reuses every finished stage: nothing is retrained, the recorded walls stay as they were.
-    stamps = {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")}
-    assert runner.main(argv) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == stamps
-    assert json.loads((run_dir / "walls.json").read_text()) == recorded
-    # A finished stage trained with other settings is refused (exit 2), not silently reused.
-    changed = [*argv, "--set", "critic.expectile=0.8"]
-    assert runner.main(changed) == 2
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.glob("*.safetensors")} == stamps
-    # ... and so is a policy whose critic was replaced since it was trained; --force retrains everything.
-    critic = run_dir / "critic.safetensors"
-    with safe_open(str(critic), "pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    tensors["v.net.0.bias"] += 1.0  # another critic: another sha256 than its children recorded
-    meta["tensors_sha256"] = tensor_digest(tensors)  # a sound file, not a damaged one
-    save_file(tensors, str(critic), metadata=meta)
-    assert runner.main(argv) == 2
-    assert runner.main([*argv, "--force"]) == 0
-    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in run_dir.glob("*.safetensors"))
-
-
-def test_run_benchmarks_betas_extract_from_the_same_pretraining(default_dataset, tmp_path):
-    """--betas adds one SRPO column per beta, each actor extracted at its beta from the run's own behavior model
-    and critic (hard-linked, not retrained); the preset's beta reuses the main actor."""
-    runner = load_example("run_benchmarks")
-    tiny = {
-        "behavior.steps": 10, "critic.steps": 10, "extract.steps": 10, "baseline.steps": 10,
-        "behavior.batch_size": 32, "critic.batch_size": 32, "extract.batch_size": 32, "baseline.batch_size": 32,
-        "eval.episodes": 2, "eval.num_envs": 2, "eval.candidates": 2, "eval.sampling_steps": 2,
-        "parallel_pretrain": "true", "device": "cpu", "extract.beta": "0.05",
-    }  # fmt: skip
-    sets = [a for k, v in tiny.items() for a in ("--set", f"{k}={v}")]
-    runs = str(tmp_path / "runs" / "{dataset}" / "seed{seed}")
-    out = tmp_path / "results.md"
-    argv = ["--datasets", default_dataset, "--runs", runs, "--out", str(out), "--quiet", "--betas", "0,0.05,3", *sets]
-    assert runner.main(argv) == 0
-    lines = out.read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| dataset |"))
-    assert "| SRPO beta=0 | SRPO beta=0.05 | SRPO beta=3 |" in header
-    row = next(line for line in lines if line.startswith(f"| {default_dataset} |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert len(cells) == 12  # ... the three beta columns, the balance, walls, latency
-    assert cells[6] != cells[8]  # two actors, not one score copied
-    assert cells[7] == cells[2]  # the preset's beta is the main SRPO column
-    run_dir = next((tmp_path / "runs").glob("*/seed0"))
-    assert not (run_dir / "beta-0.05").exists()
-    for beta in ("0", "3"):
-        sub = run_dir / f"beta-{beta}"
-        assert (sub / "behavior.safetensors").stat().st_ino == (run_dir / "behavior.safetensors").stat().st_ino
-        meta = load_checkpoint(sub / "actor.safetensors").meta
-        assert meta["config"]["extract"]["beta"] == float(beta)
-    assert "extract beta=3" in json.loads((run_dir / "walls.json").read_text())
+    assert all("(n=1)" in c for c in cells[2:7])  # SRPO x2, diffusion, AWR, BC: one seed each
+    assert cells[2] != cells[3]  # two actors, not one score copied
+    assert all(float(w) >= 0 for w in cells[7].split(" / ")) and len(cells[7].split(" / ")) == 5
+    srpo_us, diffusion_us = (float(x.replace(",", "")) for x in cells[8].split(" / "))
+    assert 0 < srpo_us < diffusion_us
+    assert "| dataset | beta=preset | beta=0 |" in table  # the balance per beta
 
 
 def test_critic_rollouts_probe_on_a_tiny_hopper(tmp_path, capsys):

@@ -10,10 +10,17 @@ Every stage trains through ``pipeline.train_stage`` into the run directory it wo
 so a sweep resumes like any run: a finished stage is reused (with the lineage and configuration checks of
 ``pipeline.stage_plan``), a partial one continues from its checkpoint. A stage that fails is reported with
 its error; the stages that do not depend on it go on.
+
+The same graph rebuilds the published benchmark tables (``reproductions/bench_tables.sh``): ``diffusion``
+adds the diffusion-policy baseline's evaluation per (dataset, seed), ``latency`` the action latency of the
+SRPO actor against that baseline (measured after everything else, on an idle machine), and every extraction
+reports the Q / score balance ``srpo extract`` prints. A beta given as ``preset`` is each dataset's configured
+beta, so datasets with different betas share one column.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -46,6 +53,32 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) < len(seeds):
         raise UsageError(f"--seeds '{text}' names no seed, or a seed twice.")
     return seeds
+
+
+PRESET_BETA = "preset"  # in --betas: each dataset's configured extract.beta
+
+
+def parse_betas(text: str) -> list[str]:
+    """``0.01,0.05`` or ``preset,0.01``: the betas' keys as the summary and the tables spell them."""
+    keys: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part == PRESET_BETA:
+            keys.append(part)
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"--betas expects numbers or 'preset', e.g. preset,0.01,0.05; got '{part}'.") from None
+        if not (value >= 0 and np.isfinite(value)):
+            raise UsageError(f"--betas: {part} is not a beta (a finite number, 0 or more).")
+        keys.append(f"{value:g}")
+    if not keys:
+        raise UsageError("--betas names no beta.", "Example: --betas 0.01,0.05,0.1 (or preset,0.01)")
+    if len(set(keys)) < len(keys):
+        raise UsageError(f"--betas '{text}' names a beta twice.")
+    return keys
 
 
 @dataclass
@@ -88,7 +121,18 @@ def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents
     if plan != "skip":
         data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
         train_stage(stage, cfg, data, run, torch.device("cpu"), resume=plan == "resume", quiet=True)
-    return {"stage": stage, "plan": plan, "wall_s": time.perf_counter() - t0}
+    return {"stage": stage, "plan": plan, "wall_s": time.perf_counter() - t0, "train_s": _training_wall(run, stage)}
+
+
+def _training_wall(run: Path, stage: str) -> float | None:
+    """The stage's own training time, resumes included: the last ``wall_s`` of its metrics (a reused stage
+    keeps the time it took when it was trained)."""
+    path = run / artifacts.METRICS_DIR / f"{stage}.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        walls = [float(r["wall_s"]) for r in csv.DictReader(f) if r.get("wall_s")]
+    return walls[-1] if walls else None
 
 
 def _eval_task(policy: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
@@ -118,14 +162,34 @@ def _link_parents(run: Path, beta_dir: Path) -> None:
 
 
 def _extract_task(cfg_dict: dict, run_dir: str, beta_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
+    """The extraction at one beta, and the balance of its two terms there (``srpo extract``'s probe)."""
+    import torch
+
+    from srpo_cli.algos.extract import run_balance
+    from srpo_cli.data.transitions import load_transitions
+
     _link_parents(Path(run_dir), Path(beta_dir))
-    return _stage_task("extract", cfg_dict, beta_dir, threads)
+    result = _stage_task("extract", cfg_dict, beta_dir, threads)
+    cfg = _config_from_dict(cfg_dict)
+    data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
+    result["balance"] = run_balance(cfg, data, Path(beta_dir), torch.device("cpu")).balance_step
+    return result
+
+
+def _latency_task(cfg_dict: dict, beta_dir: str, threads: int, repeats: int) -> dict[str, Any]:
+    """Action latency of the SRPO actor and of the diffusion baseline (``srpo bench``), same process."""
+    import torch
+
+    from srpo_cli.act.bench import bench_run
+
+    torch.set_num_threads(max(1, threads))
+    return bench_run(_config_from_dict(cfg_dict), Path(beta_dir), repeats=repeats)
 
 
 def run_sweep(
     datasets: list[str],
     seeds: list[int],
-    betas: list[float],
+    betas: list[str | float],
     out: Path,
     *,
     preset: str | None = None,
@@ -134,27 +198,38 @@ def run_sweep(
     num_cpus: int | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
+    diffusion: bool = False,
+    latency: bool = False,
+    latency_repeats: int = 500,
     on_update: Callable[[list[Task]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every (dataset, seed) and, from each, one SRPO actor per beta; returns the summary
-    that ``write_results`` publishes. ``address``: None starts a private local Ray instance with ``num_cpus``
-    CPUs (stopped at the end); ``auto`` or ``ray://host:port`` joins a running cluster, whose workers must
-    see ``out`` at the same path (shared storage)."""
+    that ``write_results`` publishes. ``betas``: numbers, or ``"preset"`` for each dataset's configured beta.
+    ``address``: None starts a private local Ray instance with ``num_cpus`` CPUs (stopped at the end); ``auto``
+    or ``ray://host:port`` joins a running cluster, whose workers must see ``out`` at the same path (shared
+    storage). ``diffusion``: also evaluate the diffusion-policy baseline; ``latency``: also time the SRPO actor
+    against it (on the first seed and the first beta, after every other task)."""
     try:
         import ray
     except ImportError:
         raise RuntimeFailure(
             "srpo sweep needs Ray.", "Install it with: pip install 'srpo-cli[sweep]' (or 'ray')."
         ) from None
-    if not betas:
-        raise UsageError("--betas names no beta.", "Example: --betas 0.01,0.05,0.1")
+    keys = parse_betas(",".join(str(b) for b in betas))
     out = Path(out).resolve()
-    cfgs = {}
-    for dataset in datasets:
-        for seed in seeds:
-            flags = {**(overrides or {}), "dataset": dataset, "seed": seed}
-            flags["run_dir"] = str(out / "runs" / "{dataset}" / "seed{seed}")
-            cfgs[dataset, seed] = resolve(flags, preset=preset, config_path=_NO_CONFIG_FILE, environ={})
+
+    def configure(dataset: str, seed: int, beta: float | None = None):
+        flags = {**(overrides or {}), "dataset": dataset, "seed": seed}
+        flags["run_dir"] = str(out / "runs" / "{dataset}" / "seed{seed}")
+        if beta is not None:
+            flags["extract.beta"] = beta
+        return resolve(flags, preset=preset, config_path=_NO_CONFIG_FILE, environ={})
+
+    cfgs = {(dataset, seed): configure(dataset, seed) for dataset in datasets for seed in seeds}
+    # each key's beta per run: 'preset' is the run's own configured beta, which may equal a listed one
+    beta_values = {
+        run: {k: cfg.extract.beta if k == PRESET_BETA else float(k) for k in keys} for run, cfg in cfgs.items()
+    }
     started_here = not ray.is_initialized() and address is None
     t0 = time.perf_counter()
     if not ray.is_initialized():
@@ -167,6 +242,7 @@ def run_sweep(
     extract = ray.remote(_extract_task).options(**opts)
     evaluate = ray.remote(_eval_task).options(**opts)
     tasks: list[Task] = []
+    beta_dirs: dict[tuple[str, int], dict[float, tuple[dict, Path]]] = {}
     try:
         for (dataset, seed), cfg in cfgs.items():
             run = cfg.resolved_run_dir()
@@ -180,15 +256,16 @@ def run_sweep(
             tasks += [b, c, awr, bc]
             tasks.append(Task(f"{label} eval awr", evaluate.remote("awr", d, str(run), threads, awr.ref)))
             tasks.append(Task(f"{label} eval bc", evaluate.remote("bc", d, str(run), threads, bc.ref)))
-            for beta in betas:
-                cb = resolve(
-                    {**(overrides or {}), "dataset": dataset, "seed": seed, "extract.beta": beta},
-                    preset=preset,
-                    config_path=_NO_CONFIG_FILE,
-                    environ={},
-                ).to_dict()
+            if diffusion:
+                tasks.append(
+                    Task(f"{label} eval diffusion", evaluate.remote("diffusion", d, str(run), threads, b.ref, c.ref))
+                )
+            beta_dirs[dataset, seed] = {}
+            for beta in dict.fromkeys(beta_values[dataset, seed].values()):  # one extraction per distinct beta
+                cb = configure(dataset, seed, beta).to_dict()
                 beta_dir = run / f"beta-{beta:g}"
                 cb["run_dir"] = str(beta_dir)
+                beta_dirs[dataset, seed][beta] = (cb, beta_dir)
                 e = Task(
                     f"{label} extract beta={beta:g}", extract.remote(cb, str(run), str(beta_dir), threads, b.ref, c.ref)
                 )
@@ -196,45 +273,89 @@ def run_sweep(
                 tasks.append(
                     Task(f"{label} eval srpo beta={beta:g}", evaluate.remote("srpo", cb, str(beta_dir), threads, e.ref))
                 )
-        pending = {t.ref: t for t in tasks}
-        while pending:
-            if on_update:
-                on_update(tasks)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                t = pending.pop(ref)
-                try:
-                    t.result = ray.get(ref)
-                    t.state, t.wall_s = "done", t.result.get("wall_s")
-                except Exception as e:  # a RayTaskError wrapping the stage's own error (or its parent's)
-                    cause = getattr(e, "cause", None) or e
-                    text = str(cause).strip().splitlines()
-                    t.state, t.error = "failed", (text[-1] if text else type(cause).__name__)[:300]
-        if on_update:
-            on_update(tasks)
+        _wait(ray, tasks, on_update)
+        if latency:
+            # timed alone, after the training and evaluations: a core shared with a training stage would
+            # time the neighbour as much as the actor
+            bench = ray.remote(_latency_task).options(**opts)
+            timed = []
+            for dataset in datasets:
+                seed = seeds[0]
+                beta = beta_values[dataset, seed][keys[0]]
+                cb, beta_dir = beta_dirs[dataset, seed][beta]
+                if (beta_dir / artifacts.ACTOR).exists():
+                    ref = bench.remote(cb, str(beta_dir), threads, latency_repeats)
+                    timed.append(Task(f"{dataset} seed {seed} latency beta={beta:g}", ref))
+            tasks += timed
+            _wait(ray, timed, lambda _: on_update(tasks) if on_update else None)
     finally:
         if started_here:
             ray.shutdown()
-    return summarize(cfgs, betas, tasks, startup_s, time.perf_counter() - t0)
+    return summarize(cfgs, keys, beta_values, tasks, startup_s, time.perf_counter() - t0)
 
 
-def summarize(cfgs: dict, betas: list[float], tasks: list[Task], startup_s: float, wall_s: float) -> dict[str, Any]:
-    """Scores per dataset and beta over seeds (mean, std), the data's average, BC and AWR, wall time per stage,
-    the best beta per dataset, and every failure."""
+def _wait(ray: Any, tasks: list[Task], on_update: Callable[[list[Task]], None] | None) -> None:
+    """Collect every task's result as it finishes; a failure is recorded with its error, not raised."""
+    pending = {t.ref: t for t in tasks}
+    while pending:
+        if on_update:
+            on_update(tasks)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in ready:
+            t = pending.pop(ref)
+            try:
+                t.result = ray.get(ref)
+                t.state, t.wall_s = "done", t.result.get("wall_s")
+            except Exception as e:  # a RayTaskError wrapping the stage's own error (or its parent's)
+                cause = getattr(e, "cause", None) or e
+                text = str(cause).strip().splitlines()
+                t.state, t.error = "failed", (text[-1] if text else type(cause).__name__)[:300]
+    if on_update:
+        on_update(tasks)
+
+
+STAGES = ("behavior", "critic", "extract", "awr", "bc")
+
+
+def summarize(
+    cfgs: dict, keys: list[str], beta_values: dict, tasks: list[Task], startup_s: float, wall_s: float
+) -> dict[str, Any]:
+    """Scores per dataset and beta over seeds (mean, std), the data's average, BC and AWR (and the diffusion
+    baseline where evaluated), each extraction's balance, training time per stage, the best beta per dataset,
+    and every failure."""
     by_name = {t.name: t for t in tasks}
-    datasets = sorted({d for d, _ in cfgs})
+    datasets = list(dict.fromkeys(d for d, _ in cfgs))
     rows = []
     for dataset in datasets:
         seeds = sorted(s for d, s in cfgs if d == dataset)
-        entry: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "betas": {}}
-        for beta in betas:
-            names = [f"{dataset} seed {s} eval srpo beta={beta:g}" for s in seeds]
-            entry["betas"][f"{beta:g}"] = _mean_std(_scores(by_name, names))
-        for policy in ("bc", "awr"):
-            entry[policy] = _mean_std(_scores(by_name, [f"{dataset} seed {s} eval {policy}" for s in seeds]))
+        entry: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "betas": {}, "beta_values": {}, "balance": {}}
+        for key in keys:
+            values = [beta_values[dataset, s][key] for s in seeds]
+            entry["betas"][key] = _mean_std(
+                _scores(
+                    by_name, [f"{dataset} seed {s} eval srpo beta={v:g}" for s, v in zip(seeds, values, strict=True)]
+                )
+            )
+            entry["beta_values"][key] = sorted(set(values))[0] if len(set(values)) == 1 else sorted(set(values))
+            entry["balance"][key] = [
+                by_name[n].result.get("balance") if n in by_name and by_name[n].state == "done" else None
+                for n in (f"{dataset} seed {s} extract beta={v:g}" for s, v in zip(seeds, values, strict=True))
+            ]
+        for policy in ("bc", "awr", "diffusion"):
+            names = [f"{dataset} seed {s} eval {policy}" for s in seeds]
+            if policy != "diffusion" or any(n in by_name for n in names):
+                entry[policy] = _mean_std(_scores(by_name, names))
         entry["data"] = _data_score(dataset, tasks)
         finished = {b: v for b, v in entry["betas"].items() if v["n"]}
         entry["best_beta"] = max(finished, key=lambda b: finished[b]["mean"]) if finished else None
+        train_s: dict[str, list[float]] = {}
+        for t in tasks:
+            if t.state == "done" and t.name.startswith(f"{dataset} seed") and t.result.get("train_s") is not None:
+                train_s.setdefault(t.result["stage"], []).append(t.result["train_s"])
+        entry["train_s"] = {k: float(np.mean(train_s[k])) for k in STAGES if k in train_s}
+        lat = next((t for t in tasks if t.name.startswith(f"{dataset} seed") and " latency " in t.name), None)
+        if lat is not None and lat.state == "done":
+            entry["latency_p50_us"] = {"srpo": lat.result["srpo_p50_us"], "diffusion": lat.result["diffusion_p50_us"]}
         rows.append(entry)
     walls: dict[str, list[float]] = {}
     for t in tasks:
@@ -243,7 +364,7 @@ def summarize(cfgs: dict, betas: list[float], tasks: list[Task], startup_s: floa
             walls.setdefault(kind, []).append(t.wall_s or 0.0)
     return {
         "rows": rows,
-        "betas": [f"{b:g}" for b in betas],
+        "betas": keys,
         "wall_s_per_stage": {k: float(np.mean(v)) for k, v in walls.items()},
         "ray_startup_s": startup_s,
         "wall_s": wall_s,
@@ -288,58 +409,102 @@ def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str,
     def fmt(v: dict[str, Any]) -> str:
         return "-" if not v["n"] else f"{v['mean']:.1f} ± {v['std']:.1f} (n={v['n']})"
 
+    keys = summary["betas"]
+    rows = summary["rows"]
+    has_diffusion = any("diffusion" in r for r in rows)
+    has_latency = any("latency_p50_us" in r for r in rows)
+
+    def beta_label(key: str) -> str:
+        if key != PRESET_BETA:
+            return f"SRPO beta={key}"
+        values = {json.dumps(r["beta_values"][key]) for r in rows}
+        return f"SRPO beta=preset ({', '.join(sorted(values))})"
+
     lines = [
         "# srpo sweep",
         "",
         f"Command: `{command}`  ",
         f"Score: {summary['score_scale']}; mean ± std over seeds of each seed's final actor. Best beta in bold.  ",
-        f"Wall time: {summary['wall_s']:.0f} s in all, Ray start-up {summary['ray_startup_s']:.1f} s; per stage "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in summary["wall_s_per_stage"].items()),
+        f"Wall time: {summary['wall_s']:.0f} s in all, Ray start-up {summary['ray_startup_s']:.1f} s; "
+        "training s per stage: each stage's own time from its metrics (mean over seeds; resumes included, "
+        "stages beside each other share the machine).",
         "",
-        "| dataset | data | " + " | ".join(f"SRPO beta={b}" for b in summary["betas"]) + " | AWR | BC |",
-        "|---|---|" + "---|" * len(summary["betas"]) + "---|---|",
+        "| dataset | data | "
+        + " | ".join(beta_label(b) for b in keys)
+        + (" | diffusion" if has_diffusion else "")
+        + " | AWR | BC | training s ("
+        + " / ".join(STAGES)
+        + ")"
+        + (" | latency p50 SRPO / diffusion (µs)" if has_latency else "")
+        + " |",
+        "|---|---|" + "---|" * (len(keys) + has_diffusion + 3 + has_latency),
     ]
-    for row in summary["rows"]:
+    for row in rows:
         cells = []
-        for b in summary["betas"]:
+        for b in keys:
             text = fmt(row["betas"][b])
             cells.append(f"**{text}**" if b == row["best_beta"] else text)
+        if has_diffusion:
+            cells.append(fmt(row["diffusion"]) if "diffusion" in row else "-")
+        cells += [fmt(row["awr"]), fmt(row["bc"])]
+        cells.append(" / ".join(f"{row['train_s'][k]:.0f}" if k in row["train_s"] else "-" for k in STAGES))
+        if has_latency:
+            lat = row.get("latency_p50_us")
+            cells.append(f"{lat['srpo']:.1f} / {lat['diffusion']:,.0f}" if lat else "-")
         data = "-" if row["data"] is None else f"{row['data']:.1f}"
-        lines.append(
-            f"| {row['dataset']} | {data} | " + " | ".join(cells) + f" | {fmt(row['awr'])} | {fmt(row['bc'])} |"
-        )
+        lines.append(f"| {row['dataset']} | {data} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Q / score balance per seed: how far off the data's actions the score term's pull back matches the Q "
+        "term's push at that beta (`srpo extract` prints it); none: the push wins at every distance up to 1.0, "
+        "and nothing holds the actor near the data.",
+        "",
+        "| dataset | " + " | ".join(f"beta={b}" for b in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for row in rows:
+        cells = [
+            ", ".join("-" if v is None else f"{v:.2f}" for v in row["balance"][b]) if row["balance"][b] else "-"
+            for b in keys
+        ]
+        lines.append(f"| {row['dataset']} | " + " | ".join(cells) + " |")
     if summary["failures"]:
         lines += ["", "Failed stages:", ""] + [f"- {f['task']}: {f['error']}" for f in summary["failures"]]
     files = {"md": out / "sweep.md", "json": out / "sweep.json", "png": out / "sweep.png"}
     atomic_write(files["md"], lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     atomic_write(files["json"], lambda tmp: Path(tmp).write_text(json.dumps({**summary, "command": command}, indent=1)))
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [float(b) for b in summary["betas"]]
-    for row in summary["rows"]:
-        means = [row["betas"][b]["mean"] for b in summary["betas"]]
-        stds = [row["betas"][b]["std"] or 0.0 for b in summary["betas"]]
-        ok = [i for i, m in enumerate(means) if m is not None]
-        if not ok:
+    xs_all = []
+    for row in rows:
+        # 'preset' is plotted at the dataset's own beta; a beta listed twice that way is one point
+        points = {}
+        for b in keys:
+            x, v = row["beta_values"][b], row["betas"][b]
+            if isinstance(x, float | int) and v["mean"] is not None:
+                points[float(x)] = (v["mean"], v["std"] or 0.0, b == row["best_beta"])
+        if not points:
             continue
+        xs = sorted(points)
+        xs_all += xs
         line = ax.errorbar(
-            [xs[i] for i in ok],
-            [means[i] for i in ok],
-            yerr=[stds[i] for i in ok],
-            marker="o",
-            capsize=3,
+            xs, [points[x][0] for x in xs], yerr=[points[x][1] for x in xs], marker="o", capsize=3,
             label=row["dataset"],
-        )
-        if row["best_beta"] is not None:
-            i = summary["betas"].index(row["best_beta"])
-            ax.plot([xs[i]], [means[i]], marker="*", ms=14, color=line[0].get_color())
+        )  # fmt: skip
+        for x in xs:
+            if points[x][2]:
+                ax.plot([x], [points[x][0]], marker="*", ms=14, color=line[0].get_color())
         if row["data"] is not None:
             ax.axhline(row["data"], ls=":", color=line[0].get_color(), lw=1)
     ax.set_xlabel("beta")
     ax.set_ylabel("score (0-100)" if "score" in summary["score_scale"] else "return")
-    if len(xs) > 1 and min(xs) > 0:
+    positive = [x for x in xs_all if x > 0]
+    if len(set(positive)) > 1 and 0 in xs_all:  # betas span decades; 0 (the score term alone) on a linear stretch
+        ax.set_xscale("symlog", linthresh=min(positive))
+    elif len(set(positive)) > 1:
         ax.set_xscale("log")
     ax.set_title("SRPO against beta (spread over seeds; star: best; dotted: the data)", fontsize=9)
-    ax.legend(fontsize=7)
+    if xs_all:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     tmp_png = files["png"].with_name(".sweep.png.tmp.png")
     fig.savefig(tmp_png, dpi=100)

@@ -35,7 +35,14 @@ def sweep_cmd(
     seeds: Annotated[
         str, typer.Option("--seeds", metavar="0-4", help="Seeds: ranges and lists, e.g. 0-4 or 0,2,5.")
     ] = "0",
-    betas: Annotated[str, typer.Option("--betas", metavar="B,B,...", help="One SRPO extraction per beta.")] = "0.05",
+    betas: Annotated[
+        str,
+        typer.Option(
+            "--betas",
+            metavar="B,B,...",
+            help="One SRPO extraction per beta; 'preset' is each dataset's configured beta (e.g. preset,0,0.01).",
+        ),
+    ] = "preset",
     preset: PresetOpt = None,
     set_: SetOpt = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder of the runs and the results.")] = Path("sweeps/sweep"),
@@ -46,21 +53,25 @@ def sweep_cmd(
     threads: Annotated[int | None, typer.Option("--threads", help="CPUs the local Ray may use (default: all).")] = None,
     cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", help="CPUs (and torch threads) per stage.")] = 1,
     gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", help="GPU share per stage (e.g. 0.25).")] = 0,
+    diffusion: Annotated[
+        bool, typer.Option("--diffusion", help="Also evaluate the diffusion-policy baseline (behavior model + critic).")
+    ] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="Also time the SRPO actor against the diffusion baseline (srpo bench).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live table.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train behavior models and critics per (dataset, seed), one SRPO actor per beta from them, AWR and BC,
-    and evaluate all; writes OUT/sweep.md, sweep.json and sweep.png (score against beta, best beta marked)."""
+    and evaluate all; writes OUT/sweep.md, sweep.json and sweep.png (score against beta, best beta marked).
+    The published benchmark tables are sweeps: see reproductions/bench_tables.sh."""
     from srpo_cli import config
-    from srpo_cli.sweep import parse_seeds, run_sweep, write_results
+    from srpo_cli.sweep import parse_betas, parse_seeds, run_sweep, write_results
 
     ids = [d.strip() for d in datasets.split(",") if d.strip()]
     if not ids:
         raise UsageError("--datasets names no dataset.", "Example: --datasets srpo/pendulum/scripted-medium-v0")
-    try:
-        beta_values = [float(b) for b in betas.split(",") if b.strip()]
-    except ValueError:
-        raise UsageError(f"--betas expects numbers, e.g. 0.01,0.05; got '{betas}'.") from None
+    beta_keys = parse_betas(betas)
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise UsageError("--cpus-per-trial must be above 0 and --gpus-per-trial at least 0.")
     overrides = dict(config.parse_set(set_ or []))
@@ -76,7 +87,7 @@ def sweep_cmd(
         summary = run_sweep(
             ids,
             parse_seeds(seeds),
-            beta_values,
+            beta_keys,
             out_dir,
             preset=preset,
             overrides=overrides,
@@ -84,6 +95,8 @@ def sweep_cmd(
             num_cpus=threads,
             cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial,
+            diffusion=diffusion,
+            latency=latency,
             on_update=update,
         )
     finally:
@@ -99,20 +112,26 @@ def sweep_cmd(
     t = Table(title=f"sweep ({summary['score_scale']}); best beta per dataset in bold")
     t.add_column("dataset")
     t.add_column("data", justify="right")
+    rows = summary["rows"]
     for b in summary["betas"]:
         t.add_column(f"beta {b}", justify="right")
+    has_diffusion = any("diffusion" in r for r in rows)
+    if has_diffusion:
+        t.add_column("diffusion", justify="right")
     t.add_column("AWR", justify="right")
     t.add_column("BC", justify="right")
 
     def cell(v):
         return "-" if not v["n"] else f"{v['mean']:.1f} ± {v['std']:.1f}"
 
-    for row in summary["rows"]:
+    for row in rows:
         cells = [
             f"[bold]{cell(row['betas'][b])}[/]" if b == row["best_beta"] else cell(row["betas"][b])
             for b in summary["betas"]
         ]
         data = "-" if row["data"] is None else f"{row['data']:.1f}"
+        if has_diffusion:
+            cells.append(cell(row["diffusion"]) if "diffusion" in row else "-")
         t.add_row(row["dataset"], data, *cells, cell(row["awr"]), cell(row["bc"]))
     print_uncut(t)
     for f in summary["failures"]:
