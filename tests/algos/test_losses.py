@@ -228,6 +228,57 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q, 
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_advantage_critic_hand_written_backward_equals_autograd(layer_norm):
+    """critic.q_form=advantage: the networks are A, Q = V(s) + A(s, a) with V a constant in the Q loss and
+    V's residual the target advantage; the step's gradients equal autograd's on exactly that loss."""
+    import numpy as np
+
+    from srpo_cli.algos.critic import CriticStage
+    from srpo_cli.config import RunConfig
+    from srpo_cli.data.transitions import Transitions
+
+    g = torch.Generator().manual_seed(1)
+    n, obs, act = 256, 4, 3
+    data = Transitions(
+        dataset_id="test/random-v0",
+        observations=torch.randn(n, obs, generator=g),
+        actions=torch.rand(n, act, generator=g) * 2 - 1,
+        rewards=torch.randn(n, generator=g),
+        next_observations=torch.randn(n, obs, generator=g),
+        terminals=(torch.rand(n, generator=g) < 0.1).float(),
+        episode_returns=np.array([1.0, 5.0]),
+        action_low=-np.ones(act, np.float32),
+        action_high=np.ones(act, np.float32),
+    )
+    cfg = RunConfig()
+    cfg.critic.hidden_dim, cfg.critic.q_form, cfg.critic.layer_norm = 32, "advantage", layer_norm
+    stage = CriticStage(cfg, data, torch.device("cpu"))
+    with torch.no_grad():
+        for p in stage.q_target.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        for p in stage.v.parameters():  # a V far from zero: Q = V + A must carry it
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    idx = torch.arange(64)
+    s, a, r, s2, d = (x[idx] for x in (data.observations, data.actions, stage.rewards, data.next_observations,
+                                       data.terminals))  # fmt: skip
+    v_loss, q_loss, _, grads = stage._losses_and_grads(s, a, r, s2, d)
+
+    v = stage.v(s)
+    with torch.no_grad():
+        a_t, v_next, v_const = stage.q_target(s, a).min(0).values, stage.v(s2), stage.v(s)
+    ref_v = expectile_loss(v_const + a_t - v, cfg.critic.expectile)
+    ref_q = twin_q_loss(v_const + stage.q(s, a), iql_q_target(r, d, v_next, cfg.critic.discount))
+    ref = torch.autograd.grad(ref_v + ref_q, stage._params)
+    torch.testing.assert_close(v_loss, ref_v.detach())
+    torch.testing.assert_close(q_loss, ref_q.detach())
+    for mine, theirs in zip(grads, ref, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    # the direct form on the same networks is another loss: the switch is not a no-op
+    cfg.critic.q_form = "direct"
+    assert not torch.allclose(stage._losses_and_grads(s, a, r, s2, d)[1], q_loss)
+
+
 @pytest.mark.parametrize(
     ("reduce", "normalize", "weighting", "baseline", "normalize_obs", "n_q", "layer_norm"),
     [

@@ -625,6 +625,44 @@ def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path
         validate(tiny_cfg(default_dataset, **{"critic.n_q": 0}))
 
 
+def test_advantage_critic_loads_as_v_plus_a_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
+    """critic.q_form=advantage travels in the checkpoint: the loaded Q and target Q are V(s) + A(s, a) (what AWR,
+    the extraction and the diffusion baseline read), their action gradient is A's, and every stage runs on it."""
+    from srpo_cli.act.policies import DiffusionPolicy
+    from srpo_cli.algos.loading import load_behavior, load_critic
+    from srpo_cli.nn.networks import AdvantageQ, EnsembleQ
+
+    cfg = tiny_cfg(default_dataset, **{"critic.q_form": "advantage"})
+    cpu = torch.device("cpu")
+    train_behavior(cfg, data, tmp_path, cpu, quiet=True)
+    train_critic(cfg, data, tmp_path, cpu, quiet=True)
+    q, q_t, v, ckpt = load_critic(tmp_path / "critic.safetensors", cpu)
+    assert isinstance(q, AdvantageQ) and isinstance(q_t, AdvantageQ)
+    c = cfg.critic
+    adv = EnsembleQ(data.obs_dim, data.action_dim, c.hidden_dim, c.n_layers, c.n_q)
+    adv.load_state_dict(ckpt.section("q_target"))
+    s, a = data.observations[:32], data.actions[:32]
+    torch.testing.assert_close(q_t(s, a), adv(s, a) + v(s))
+    value, inputs = q_t.forward_cached(s, a)
+    torch.testing.assert_close(value, q_t(s, a))
+    a_req = a.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(q_t(s, a_req).min(0).values.sum(), a_req)
+    ones = torch.zeros_like(value).scatter_(0, value.argmin(0, keepdim=True), 1.0)
+    torch.testing.assert_close(q_t.action_gradient(ones, inputs, data.action_dim), expected)
+    train_actor(cfg, data, tmp_path, cpu, quiet=True)
+    train_baseline("awr", cfg, data, tmp_path, cpu, quiet=True)
+    behavior, schedule, _ = load_behavior(tmp_path / "behavior.safetensors", cpu)
+    policy = DiffusionPolicy(
+        behavior, schedule, q_t, data.action_low, data.action_high, candidates=4, steps=3, device=cpu
+    )
+    assert policy(data.observations[:3].numpy()).shape == (3, data.action_dim)
+    # a run directory's direct-form critic is not silently reused for an advantage-form configuration
+    from srpo_cli.pipeline import stage_plan
+
+    with pytest.raises(UsageError, match="critic.q_form"):
+        stage_plan(tmp_path / "critic.safetensors", c.steps, cfg=tiny_cfg(default_dataset))
+
+
 def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path, data, default_dataset):
     """behavior.ema_decay keeps ema <- d * ema + (1 - d) * net after every step, leaves the net's own training
     as it is without it, resumes to the same weights, and is what extraction and the baseline load."""

@@ -60,7 +60,13 @@ class CriticStage(Stage):
         v_next = self.v.forward_cached(s2)[0]  # V(s') before this step's update, as in the reference
         v, v_inputs = self.v.forward_cached(s)
         q, q_inputs = self.q.forward_cached(s, a)
-        v_loss, d_u = expectile_loss_and_grad(q_t - v, c.expectile)  # u = Q_target - V: dV = -du
+        if c.q_form == "advantage":
+            # the networks are A: Q = V(s) + A(s, a) with V a constant in the Q loss, so A fits
+            # r + gamma V(s') - V(s); V's expectile residual Q_target - V is the target advantage itself
+            u, q = q_t, q + v
+        else:
+            u = q_t - v
+        v_loss, d_u = expectile_loss_and_grad(u, c.expectile)  # u = Q_target - V: dV = -du
         q_loss, d_q = twin_q_loss_and_grad(q, iql_q_target(r, d, v_next, c.discount))
         grads = self.q.backward_cached(d_q, q_inputs) + self.v.backward_cached(d_u.neg_(), v_inputs)
         return v_loss, q_loss, v.mean(), grads

@@ -10,7 +10,7 @@ import torch
 from srpo_cli.data.transitions import Transitions
 from srpo_cli.errors import RuntimeFailure
 from srpo_cli.nn.diffusion import ScoreNet, VPSchedule
-from srpo_cli.nn.networks import EnsembleQ, ValueNet
+from srpo_cli.nn.networks import AdvantageQ, EnsembleQ, ValueNet
 from srpo_cli.train.checkpoint import Checkpoint, load_checkpoint
 
 
@@ -44,8 +44,10 @@ def load_behavior(path: Path, device: torch.device) -> tuple[ScoreNet, VPSchedul
     return net, VPSchedule(bc.beta_0, bc.beta_1), ckpt
 
 
-def load_critic(path: Path, device: torch.device) -> tuple[EnsembleQ, EnsembleQ, ValueNet, Checkpoint]:
-    """(Q, target Q, V), frozen."""
+def load_critic(
+    path: Path, device: torch.device
+) -> tuple[EnsembleQ | AdvantageQ, EnsembleQ | AdvantageQ, ValueNet, Checkpoint]:
+    """(Q, target Q, V), frozen; Q as V + A for an advantage-form critic."""
     ckpt = load_checkpoint(path, "critic", device=device)
     c = ckpt.config["critic"]
     o, a = ckpt.meta["obs_dim"], ckpt.meta["action_dim"]
@@ -60,6 +62,8 @@ def load_critic(path: Path, device: torch.device) -> tuple[EnsembleQ, EnsembleQ,
     v.load_state_dict(ckpt.section("v"))
     for m in (q, q_t, v):
         m.eval().requires_grad_(False)
+    if c.get("q_form", "direct") == "advantage":  # the networks hold A(s, a); every caller reads Q = V + A
+        q, q_t = AdvantageQ(q, v), AdvantageQ(q_t, v)
     return q, q_t, v, ckpt
 
 

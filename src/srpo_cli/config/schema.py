@@ -89,6 +89,13 @@ class CriticConfig:
         "LayerNorm (no affine weights) after each hidden ReLU of the Q-networks, which bounds Q off the data by "
         "its head's weights (Ball et al. 2023; ReBRAC); off in the reference",
     )
+    q_form: str = _f(
+        "direct",
+        "direct: each Q-network fits r + gamma V(s') (the reference); advantage: Q(s, a) = V(s) + A(s, a) with V "
+        "held fixed in the Q loss, so the networks fit only the advantage r + gamma V(s') - V(s) and spend their "
+        "capacity on the action's effect (docs/investigations/cpu-recipe.md)",
+        ("direct", "advantage"),
+    )
     expectile: float = _f(0.7, "expectile tau of the V loss (0.7 locomotion, 0.9 antmaze)")
     discount: float = _f(0.99, "discount gamma")
     tau: float = _f(0.005, "Polyak rate of the target twin Q, applied after every step")

@@ -207,6 +207,28 @@ class EnsembleQ(nn.Module):
         return g.sum(0)[:, -action_dim:]
 
 
+class AdvantageQ(nn.Module):
+    """Q(s, a) = V(s) + A(s, a) for a critic trained with ``critic.q_form=advantage``: ``advantage`` is the
+    ensemble that was trained (it fits r + gamma V(s') - V(s)), ``v`` the value net. Frozen use only; V does not
+    depend on the action, so the action gradient is the advantage's."""
+
+    def __init__(self, advantage: EnsembleQ, v: ValueNet):
+        super().__init__()
+        self.advantage, self.v, self.n = advantage, v, advantage.n
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.advantage(s, a) + self.v(s).unsqueeze(0)
+
+    @torch.no_grad()
+    def forward_cached(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        q, inputs = self.advantage.forward_cached(s, a)
+        return q + self.v(s).unsqueeze(0), inputs
+
+    @torch.no_grad()
+    def action_gradient(self, grad_q: torch.Tensor, inputs: list[torch.Tensor], action_dim: int) -> torch.Tensor:
+        return self.advantage.action_gradient(grad_q, inputs, action_dim)
+
+
 class ValueNet(nn.Module):
     def __init__(self, obs_dim: int, hidden_dim: int = 256, n_layers: int = 2, normalize_obs: bool = False):
         super().__init__()
