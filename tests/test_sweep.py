@@ -26,7 +26,7 @@ def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_data
     (workdir / "srpo.yaml").write_text("preset: antmaze-umaze\n")
     monkeypatch.setenv("SRPO_PRESET", "antmaze-umaze")
     out = workdir / "sweep"
-    args = ["sweep", "--datasets", f"{default_dataset},nope/missing-v0", "--seeds", "0", "--betas", "preset,0.01,0.1",
+    args = ["sweep", "--datasets", f"{default_dataset},nope/missing-v0", "--seeds", "0", "--betas", "preset,0.01,0.1,auto",
             "--out", str(out), "--threads", "2", "--quiet", "--json", *TINY]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1, r.output  # the missing dataset's stages failed, and said so
@@ -35,7 +35,7 @@ def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_data
     assert own["betas"]["0.01"]["n"] == 1 and own["betas"]["0.1"]["n"] == 1 and own["bc"]["n"] == 1
     # 'preset' is the configured beta (0.1 here), extracted once and reported under both names
     assert own["beta_values"]["preset"] == 0.1 and own["betas"]["preset"] == own["betas"]["0.1"]
-    assert own["best_beta"] in ("preset", "0.01", "0.1") and own["data"] == pytest.approx(54.4, abs=0.1)
+    assert own["best_beta"] in ("preset", "0.01", "0.1", "auto") and own["data"] == pytest.approx(54.4, abs=0.1)
     assert "diffusion" not in own and "latency_p50_us" not in own  # only when asked
     assert summary["failures"] and all("nope/missing-v0" in f["task"] for f in summary["failures"])
     assert "not in the local Minari store" in summary["failures"][0]["error"]
@@ -43,7 +43,11 @@ def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_data
     assert set(own["train_s"]) == {"behavior", "critic", "extract", "awr", "bc"}
     assert (out / "sweep.png").stat().st_size > 5_000 and "**" in (out / "sweep.md").read_text()
     run = out / "runs" / "srpo-pendulum-scripted-medium-v0" / "seed0"
-    assert sorted(p.name for p in run.glob("beta-*")) == ["beta-0.01", "beta-0.1"]
+    assert sorted(p.name for p in run.glob("beta-*")) == ["beta-0.01", "beta-0.1", "beta-auto"]
+    # 'auto': each run's probe chose its beta, and the actor balances within the bound (0.2 by default)
+    assert isinstance(own["beta_values"]["auto"], float) and own["betas"]["auto"]["n"] == 1
+    assert own["balance"]["auto"][0] is not None and own["balance"]["auto"][0] <= 0.2 + 1e-9
+    assert f"at {own['beta_values']['auto']:.3g}" in (out / "sweep.md").read_text()
     assert (run / "beta-0.01" / "actor.safetensors").exists() and (run / "awr.safetensors").exists()
     # each extraction's balance is the one srpo extract measures for that beta (a distance, or none)
     from srpo_cli import config

@@ -281,6 +281,14 @@ def config_differences(stored: dict[str, Any], cfg: RunConfig, stage: str) -> li
         defaults = dataclasses.asdict(SECTIONS[sec]())
         have = {**defaults, **stored.get(sec, {})}
         for key, value in want[sec].items():
+            if (
+                sec == "extract"
+                and key == "beta"
+                and have.get("auto_beta")
+                and value is not None
+                and want[sec]["auto_beta"]
+            ):
+                continue  # chosen by the probe at training time: the stored one is the run's
             if key not in _BOOKKEEPING and have.get(key) != value:
                 diffs.append(f"{sec}.{key} is {have.get(key)!r} there, {value!r} here")
     return diffs

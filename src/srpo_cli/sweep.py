@@ -56,6 +56,11 @@ def parse_seeds(text: str) -> list[int]:
 
 
 PRESET_BETA = "preset"  # in --betas: each dataset's configured extract.beta
+AUTO_BETA = "auto"  # in --betas: chosen by the balance probe before each extraction (extract.auto_beta)
+
+
+def _beta_name(beta: float | str) -> str:
+    return beta if isinstance(beta, str) else f"{beta:g}"
 
 
 def parse_betas(text: str) -> list[str]:
@@ -64,13 +69,15 @@ def parse_betas(text: str) -> list[str]:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        if part == PRESET_BETA:
+        if part in (PRESET_BETA, AUTO_BETA):
             keys.append(part)
             continue
         try:
             value = float(part)
         except ValueError:
-            raise UsageError(f"--betas expects numbers or 'preset', e.g. preset,0.01,0.05; got '{part}'.") from None
+            raise UsageError(
+                f"--betas expects numbers, 'preset' or 'auto', e.g. preset,0.01,0.05; got '{part}'."
+            ) from None
         if not (value >= 0 and np.isfinite(value)):
             raise UsageError(f"--betas: {part} is not a beta (a finite number, 0 or more).")
         keys.append(f"{value:g}")
@@ -167,12 +174,16 @@ def _extract_task(cfg_dict: dict, run_dir: str, beta_dir: str, threads: int, *pa
 
     from srpo_cli.algos.extract import run_balance
     from srpo_cli.data.transitions import load_transitions
+    from srpo_cli.train.checkpoint import load_checkpoint
 
     _link_parents(Path(run_dir), Path(beta_dir))
     result = _stage_task("extract", cfg_dict, beta_dir, threads)
     cfg = _config_from_dict(cfg_dict)
+    # the beta the actor was trained at: the configured one, or the one auto_beta chose
+    cfg.extract.beta = float(load_checkpoint(Path(beta_dir) / artifacts.ACTOR, "actor").config["extract"]["beta"])
     data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
     result["balance"] = run_balance(cfg, data, Path(beta_dir), torch.device("cpu")).balance_step
+    result["beta"] = cfg.extract.beta
     return result
 
 
@@ -218,17 +229,20 @@ def run_sweep(
     keys = parse_betas(",".join(str(b) for b in betas))
     out = Path(out).resolve()
 
-    def configure(dataset: str, seed: int, beta: float | None = None):
+    def configure(dataset: str, seed: int, beta: float | str | None = None):
         flags = {**(overrides or {}), "dataset": dataset, "seed": seed}
         flags["run_dir"] = str(out / "runs" / "{dataset}" / "seed{seed}")
-        if beta is not None:
-            flags["extract.beta"] = beta
+        if beta == AUTO_BETA:
+            flags["extract.auto_beta"] = True
+        elif beta is not None:
+            flags["extract.beta"], flags["extract.auto_beta"] = beta, False
         return resolve(flags, preset=preset, config_path=_NO_CONFIG_FILE, environ={})
 
     cfgs = {(dataset, seed): configure(dataset, seed) for dataset in datasets for seed in seeds}
     # each key's beta per run: 'preset' is the run's own configured beta, which may equal a listed one
     beta_values = {
-        run: {k: cfg.extract.beta if k == PRESET_BETA else float(k) for k in keys} for run, cfg in cfgs.items()
+        run: {k: cfg.extract.beta if k == PRESET_BETA else k if k == AUTO_BETA else float(k) for k in keys}
+        for run, cfg in cfgs.items()
     }
     started_here = not ray.is_initialized() and address is None
     t0 = time.perf_counter()
@@ -263,15 +277,19 @@ def run_sweep(
             beta_dirs[dataset, seed] = {}
             for beta in dict.fromkeys(beta_values[dataset, seed].values()):  # one extraction per distinct beta
                 cb = configure(dataset, seed, beta).to_dict()
-                beta_dir = run / f"beta-{beta:g}"
+                beta_dir = run / f"beta-{_beta_name(beta)}"
                 cb["run_dir"] = str(beta_dir)
                 beta_dirs[dataset, seed][beta] = (cb, beta_dir)
                 e = Task(
-                    f"{label} extract beta={beta:g}", extract.remote(cb, str(run), str(beta_dir), threads, b.ref, c.ref)
+                    f"{label} extract beta={_beta_name(beta)}",
+                    extract.remote(cb, str(run), str(beta_dir), threads, b.ref, c.ref),
                 )
                 tasks.append(e)
                 tasks.append(
-                    Task(f"{label} eval srpo beta={beta:g}", evaluate.remote("srpo", cb, str(beta_dir), threads, e.ref))
+                    Task(
+                        f"{label} eval srpo beta={_beta_name(beta)}",
+                        evaluate.remote("srpo", cb, str(beta_dir), threads, e.ref),
+                    )
                 )
         _wait(ray, tasks, on_update)
         if latency:
@@ -285,7 +303,7 @@ def run_sweep(
                 cb, beta_dir = beta_dirs[dataset, seed][beta]
                 if (beta_dir / artifacts.ACTOR).exists():
                     ref = bench.remote(cb, str(beta_dir), threads, latency_repeats)
-                    timed.append(Task(f"{dataset} seed {seed} latency beta={beta:g}", ref))
+                    timed.append(Task(f"{dataset} seed {seed} latency beta={_beta_name(beta)}", ref))
             tasks += timed
             _wait(ray, timed, lambda _: on_update(tasks) if on_update else None)
     finally:
@@ -331,16 +349,17 @@ def summarize(
         entry: dict[str, Any] = {"dataset": dataset, "seeds": seeds, "betas": {}, "beta_values": {}, "balance": {}}
         for key in keys:
             values = [beta_values[dataset, s][key] for s in seeds]
-            entry["betas"][key] = _mean_std(
-                _scores(
-                    by_name, [f"{dataset} seed {s} eval srpo beta={v:g}" for s, v in zip(seeds, values, strict=True)]
-                )
-            )
-            entry["beta_values"][key] = sorted(set(values))[0] if len(set(values)) == 1 else sorted(set(values))
-            entry["balance"][key] = [
-                by_name[n].result.get("balance") if n in by_name and by_name[n].state == "done" else None
-                for n in (f"{dataset} seed {s} extract beta={v:g}" for s, v in zip(seeds, values, strict=True))
+            names = [f"{dataset} seed {s} eval srpo beta={_beta_name(v)}" for s, v in zip(seeds, values, strict=True)]
+            entry["betas"][key] = _mean_std(_scores(by_name, names))
+            extractions = [
+                by_name.get(f"{dataset} seed {s} extract beta={_beta_name(v)}")
+                for s, v in zip(seeds, values, strict=True)
             ]
+            done = [t.result if t is not None and t.state == "done" else {} for t in extractions]
+            if key == AUTO_BETA:  # the beta each seed's probe chose
+                values = [r.get("beta") for r in done]
+            entry["beta_values"][key] = values[0] if len(set(values)) == 1 else values
+            entry["balance"][key] = [r.get("balance") for r in done]
         for policy in ("bc", "awr", "diffusion"):
             names = [f"{dataset} seed {s} eval {policy}" for s in seeds]
             if policy != "diffusion" or any(n in by_name for n in names):
@@ -415,8 +434,10 @@ def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str,
     has_latency = any("latency_p50_us" in r for r in rows)
 
     def beta_label(key: str) -> str:
-        if key != PRESET_BETA:
+        if key not in (PRESET_BETA, AUTO_BETA):
             return f"SRPO beta={key}"
+        if key == AUTO_BETA:  # chosen per run: shown in the rows
+            return "SRPO beta=auto"
         values = {json.dumps(r["beta_values"][key]) for r in rows}
         return f"SRPO beta=preset ({', '.join(sorted(values))})"
 
@@ -443,6 +464,10 @@ def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str,
         cells = []
         for b in keys:
             text = fmt(row["betas"][b])
+            if b == AUTO_BETA:
+                chosen = row["beta_values"][b]
+                chosen = chosen if isinstance(chosen, list) else [chosen]
+                text += " at " + ", ".join("-" if v is None else f"{v:.3g}" for v in chosen)
             cells.append(f"**{text}**" if b == row["best_beta"] else text)
         if has_diffusion:
             cells.append(fmt(row["diffusion"]) if "diffusion" in row else "-")

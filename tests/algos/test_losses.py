@@ -384,3 +384,22 @@ def test_regularizer_balance_says_when_the_q_term_wins_everywhere():
     assert "beta about 0.0175 would balance 0.2 off the data" in lost.describe()
     assert Balance(0.0, 1.0, 0.0, (0.0, 0.1), (0.01, 0.02)).balance_step == 0.0
     assert lost.as_dict()["balance_step"] is None and held.as_dict()["q_push"] == 0.05
+
+
+def test_largest_beta_within_a_distance_by_hand():
+    """auto_beta's rule: the strongest pull over [0, d] (linear between measured steps) over |dQ/da|; the push
+    of the chosen beta is then matched within d (its balance step is at most d)."""
+    from srpo_cli.algos.extract import Balance
+
+    b = Balance(beta=0.05, grad_norm=2.0, q_push=0.1, steps=(0.0, 0.1, 0.2, 0.5), score_pull=(0.0, 0.04, 0.1, 0.3))
+    assert b.largest_beta_within(0.2) == pytest.approx(0.999 * 0.1 / 2.0)
+    assert b.largest_beta_within(0.15) == pytest.approx(0.999 * 0.07 / 2.0)  # between 0.1 and 0.2
+    assert b.largest_beta_within(5.0) == pytest.approx(0.999 * 0.3 / 2.0)  # beyond the last step: the last pull
+    # a pull that falls again (0.1 then 0.09): the strongest within the bound, and its crossing stays inside
+    wavy = Balance(0.05, 1.0, 0.05, (0.0, 0.1, 0.2, 0.5), (0.0, 0.1, 0.09, 0.3))
+    assert wavy.with_beta(wavy.largest_beta_within(0.2)).balance_step <= 0.1
+    for d in (0.1, 0.15, 0.2, 0.35):
+        chosen = b.with_beta(b.largest_beta_within(d))
+        assert chosen.q_push == pytest.approx(chosen.beta * 2.0) and chosen.balance_step <= d + 1e-9
+    # a pull that never points back (a behavior model that holds nothing) gives beta 0, never a negative one
+    assert Balance(0.05, 1.0, 0.05, (0.0, 0.1), (-0.01, -0.02)).largest_beta_within(0.1) == 0.0

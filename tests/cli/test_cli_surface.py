@@ -226,3 +226,35 @@ def test_evaluation_reports_progress_episode_by_episode(run, default_dataset):
     cfg.eval.episodes, cfg.eval.num_envs = 4, 2
     evaluate_run(cfg, run, "diffusion", progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (4, 4) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_extract_beta_auto_chooses_records_and_resumes_with_its_beta(workdir, default_dataset):
+    """`srpo extract --beta auto`: beta from the balance probe (printed with its figures), recorded in the
+    checkpoint; a resumed run keeps it; a bad --beta is a usage error."""
+    from srpo_cli.train.checkpoint import load_checkpoint
+
+    tiny = ["--steps", "10", "--set", "behavior.batch_size=64", "--set", "critic.batch_size=64",
+            "--set", "extract.batch_size=64"]  # fmt: skip
+    assert srpo("fetch").exit_code == 0
+    assert srpo("pretrain-behavior", *tiny).exit_code == 0 and srpo("pretrain-critic", *tiny).exit_code == 0
+    r = srpo("extract", "--beta", "auto", "--set", "extract.auto_beta_distance=0.5", *tiny, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    chosen = out["auto_beta"]["beta"]
+    said = " ".join(r.output.split())  # the console wraps lines
+    assert "beta auto:" in said and "within 0.5 of the data" in said
+    assert out["balance"]["beta"] == chosen and out["auto_beta"]["distance"] == 0.5
+    assert out["balance"]["balance_step"] is not None and out["balance"]["balance_step"] <= 0.5 + 1e-9
+    run = workdir / "runs" / "srpo-pendulum-scripted-medium-v0" / "seed0"
+    stored = load_checkpoint(run / "actor.safetensors").config["extract"]
+    assert stored["beta"] == chosen and stored["auto_beta"] is True and chosen != 0.05
+    # resumed to more steps: the run keeps its beta, and the configuration check does not refuse it
+    more = [*tiny[2:], "--steps", "20", "--set", "extract.auto_beta_distance=0.5"]
+    r = srpo("extract", "--beta", "auto", *more, "--resume", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["auto_beta"]["beta"] == chosen
+    assert load_checkpoint(run / "actor.safetensors").meta["step"] == 20
+    # a number instead is another configuration than the run's: refused without --force
+    assert srpo("extract", "--beta", "0.05", *more, "--resume").exit_code == 2
+    r = srpo("extract", "--beta", "lots")
+    assert r.exit_code == 2 and "--beta expects a number or 'auto'" in r.output

@@ -3,6 +3,8 @@ score as a regularizer; the behavior net and critic are frozen."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from srpo_cli.errors import UsageError
 from srpo_cli.nn.compile import CompiledOrEager
 from srpo_cli.nn.diffusion import VPSchedule
 from srpo_cli.nn.networks import EnsembleQ, TanhActor
-from srpo_cli.train.checkpoint import sha256_file
+from srpo_cli.train.checkpoint import load_checkpoint, sha256_file
 from srpo_cli.train.loop import Stage, fit, stderr
 from srpo_cli.train.optim import optim_kwargs, optimizer_step
 
@@ -71,6 +73,21 @@ class Balance:
             if p1 >= self.q_push:
                 return d0 + (d1 - d0) * (self.q_push - p0) / max(p1 - p0, 1e-12)
         return None
+
+    def largest_beta_within(self, distance: float) -> float:
+        """The largest beta whose push the pull matches at most ``distance`` off the data: the strongest pull
+        over [0, distance] (linear between the measured steps) over |dQ/da|."""
+        points = list(zip(self.steps, self.score_pull, strict=True))
+        pulls = [p for d, p in points if d <= distance]
+        for (d0, p0), (d1, p1) in zip(points, points[1:], strict=False):
+            if d0 < distance < d1:
+                pulls.append(p0 + (p1 - p0) * (distance - d0) / (d1 - d0))
+        # 0.1% under the tie: the push must stay under the pull when the probe is rerun with another thread
+        # count, whose rounding would otherwise move the balance to the next crossing past the bound
+        return 0.999 * max(0.0, max(pulls, default=0.0)) / max(self.grad_norm, 1e-12)
+
+    def with_beta(self, beta: float) -> Balance:
+        return dataclasses.replace(self, beta=beta, q_push=beta * self.grad_norm)
 
     def beta_for_step(self, step: float) -> float:
         """The beta whose push matches the score term's pull ``step`` off the data (a measured step)."""
@@ -354,11 +371,32 @@ def train_actor(
     ``evaluator(actor)``: the function ``extract.eval_every`` calls with the step to score the actor in
     training (acting lives in a layer above this one; ``pipeline.train_stage`` passes
     ``act.evaluate.periodic_eval_hook``)."""
+    if cfg.extract.auto_beta:
+        cfg = copy.deepcopy(cfg)  # the chosen beta is this stage's, not the caller's configuration
     stage = ExtractStage(cfg, data, device, run_dir)
     c = cfg.extract
     # before the long part: whether the spec's beta lets the behavior model hold the actor near the data at
     # all, with this critic (its action gradient's scale is the data's and the budget's, not the paper's)
     balance = stage_balance(stage.behavior, stage.q_target, stage.schedule, stage.data, cfg)
+    auto = None
+    if c.auto_beta:
+        ckpt_path = Path(run_dir) / artifacts.ACTOR
+        # a resumed run keeps the beta it started with (the probe's floats may round otherwise elsewhere)
+        chosen = (
+            float(load_checkpoint(ckpt_path, "actor").config["extract"]["beta"])
+            if resume and ckpt_path.exists()
+            else balance.largest_beta_within(c.auto_beta_distance)
+        )
+        c.beta = chosen  # the stage (and its compiled step, traced at the first step) reads it from here
+        balance = balance.with_beta(chosen)
+        auto = {"beta": chosen, "distance": c.auto_beta_distance, "grad_norm": balance.grad_norm}
+        if not quiet:
+            stderr.print(
+                f"beta auto: {chosen:.4g}, the largest beta whose push the score term's pull matches within "
+                f"{c.auto_beta_distance:g} of the data (pulls {' / '.join(f'{p:.3f}' for p in balance.score_pull)} "
+                f"at {' / '.join(f'{d:g}' for d in balance.steps)}; |dQ/da| {balance.grad_norm:.3f})",
+                highlight=False,
+            )
     if not quiet:
         stderr.print(balance.describe(), highlight=False)
     hooks = []
@@ -381,4 +419,4 @@ def train_actor(
         hooks=hooks,
         keep_every=c.keep_every,
     )
-    return {**summary, "balance": balance.as_dict()}
+    return {**summary, "balance": balance.as_dict(), **({"auto_beta": auto} if auto else {})}

@@ -31,6 +31,7 @@ from srpo_cli.cli.common import (
     print_uncut,
     resolve_config,
 )
+from srpo_cli.errors import UsageError
 
 
 def _train(name: str, cfg, resume: bool, force: bool, quiet: bool, as_json: bool) -> None:
@@ -112,7 +113,15 @@ def pretrain_critic(
 @app.command("extract")
 @guarded
 def extract(
-    beta: Annotated[float | None, typer.Option("--beta", help="SRPO temperature (larger = greedier).")] = None,
+    beta: Annotated[
+        str | None,
+        typer.Option(
+            "--beta",
+            metavar="B|auto",
+            help="SRPO temperature (larger = greedier), or 'auto': the largest beta whose Q push the behavior "
+            "model's pull matches within extract.auto_beta_distance of the data (a heuristic; see the README).",
+        ),
+    ] = None,
     dataset: DatasetOpt = None,
     run: RunOpt = None,
     preset: PresetOpt = None,
@@ -133,13 +142,21 @@ def extract(
     as_json: JsonOpt = False,
 ) -> None:
     """Stage 3: extract the SRPO actor from the behavior model and critic (writes actor.safetensors)."""
+    auto = beta is not None and beta.strip().lower() == "auto"
+    if beta is not None and not auto:
+        try:
+            float(beta)
+        except ValueError:
+            raise UsageError(f"--beta expects a number or 'auto'; got '{beta}'.", "Example: --beta 0.05") from None
     flags = {
         "dataset": dataset,
         "run_dir": run,
         "device": device,
         "threads": threads,
         "seed": seed,
-        "extract.beta": beta,
+        # a number turns a configured auto_beta off; 'auto' turns it on and leaves beta to the probe
+        "extract.beta": None if beta is None or auto else float(beta),
+        "extract.auto_beta": None if beta is None else auto,
         "extract.steps": steps,
         "extract.batch_size": batch_size,
         "extract.eval_every": eval_every,

@@ -277,6 +277,7 @@ def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
         ("baseline.temperature", bl.temperature >= 0, non_neg),
         ("baseline.max_weight", bl.max_weight > 0, positive),
         ("extract.eval_every", x.eval_every >= 0, f"{non_neg} (0: never)"),
+        ("extract.auto_beta_distance", x.auto_beta_distance > 0, positive),
         ("extract.eval_episodes", x.eval_episodes > 0, pos),
     ]
     for sec in ("behavior", "critic", "extract", "baseline"):

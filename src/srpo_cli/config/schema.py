@@ -122,6 +122,15 @@ class ExtractConfig:
     """Stage 3: SRPO policy extraction of the deterministic actor pi(s)."""
 
     beta: float = _f(0.05, "temperature: larger = greedier w.r.t. Q (hopper-medium 0.05); 0 ignores Q")
+    auto_beta: bool = _f(
+        False,
+        "choose beta from the data (srpo extract --beta auto) before training: the largest beta whose Q push "
+        "(beta |dQ/da|) the behavior model's pull back matches within auto_beta_distance of the data's actions, "
+        "by the balance probe; the chosen beta replaces extract.beta and is recorded in the checkpoint",
+    )
+    auto_beta_distance: float = _f(
+        0.2, "the bound of auto_beta: L2 distance off the data's actions in the [-1, 1] action box"
+    )
     steps: int = _f(1_000_000, "gradient steps (paper budget 1M)")
     batch_size: int = _f(256, "states per step")
     lr: float = _f(3e-4, "Adam learning rate")
