@@ -230,8 +230,8 @@ def test_critic_hand_written_backward_equals_autograd(n_layers, normalize, n_q, 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_advantage_critic_hand_written_backward_equals_autograd(layer_norm):
-    """critic.q_form=advantage: the networks are A, Q = V(s) + A(s, a) with V a constant in the Q loss and
-    V's residual the target advantage; the step's gradients equal autograd's on exactly that loss."""
+    """critic.q_form=advantage: the networks are A, Q = V(s) + A(s, a) with V a constant in the Q loss, and V
+    the expectile of r + gamma V_target(s'); the step's gradients equal autograd's on exactly those losses."""
     import numpy as np
 
     from srpo_cli.algos.critic import CriticStage
@@ -257,7 +257,9 @@ def test_advantage_critic_hand_written_backward_equals_autograd(layer_norm):
     with torch.no_grad():
         for p in stage.q_target.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
-        for p in stage.v.parameters():  # a V far from zero: Q = V + A must carry it
+        for p in stage.v.parameters():  # V apart from its target, so that each plays its own part
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+        for p in stage.v_target.parameters():  # a target V far from zero: Q = V_target + A must carry it
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
     idx = torch.arange(64)
     s, a, r, s2, d = (x[idx] for x in (data.observations, data.actions, stage.rewards, data.next_observations,
@@ -266,8 +268,8 @@ def test_advantage_critic_hand_written_backward_equals_autograd(layer_norm):
 
     v = stage.v(s)
     with torch.no_grad():
-        a_t, v_next, v_const = stage.q_target(s, a).min(0).values, stage.v(s2), stage.v(s)
-    ref_v = expectile_loss(v_const + a_t - v, cfg.critic.expectile)
+        v_next, v_next_bar, v_const = stage.v(s2), stage.v_target(s2), stage.v(s)
+    ref_v = expectile_loss(iql_q_target(r, d, v_next_bar, cfg.critic.discount) - v, cfg.critic.expectile)
     ref_q = twin_q_loss(v_const + stage.q(s, a), iql_q_target(r, d, v_next, cfg.critic.discount))
     ref = torch.autograd.grad(ref_v + ref_q, stage._params)
     torch.testing.assert_close(v_loss, ref_v.detach())
@@ -275,7 +277,7 @@ def test_advantage_critic_hand_written_backward_equals_autograd(layer_norm):
     for mine, theirs in zip(grads, ref, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
     # the direct form on the same networks is another loss: the switch is not a no-op
-    cfg.critic.q_form = "direct"
+    stage.v_target = None
     assert not torch.allclose(stage._losses_and_grads(s, a, r, s2, d)[1], q_loss)
 
 

@@ -643,6 +643,7 @@ def test_advantage_critic_loads_as_v_plus_a_and_feeds_every_stage_after_it(tmp_p
     adv.load_state_dict(ckpt.section("q_target"))
     s, a = data.observations[:32], data.actions[:32]
     torch.testing.assert_close(q_t(s, a), adv(s, a) + v(s))
+    assert ckpt.section("v_target")  # V's target travels with it (a resumed run goes on from it)
     value, inputs = q_t.forward_cached(s, a)
     torch.testing.assert_close(value, q_t(s, a))
     a_req = a.clone().requires_grad_(True)
@@ -661,6 +662,23 @@ def test_advantage_critic_loads_as_v_plus_a_and_feeds_every_stage_after_it(tmp_p
 
     with pytest.raises(UsageError, match="critic.q_form"):
         stage_plan(tmp_path / "critic.safetensors", c.steps, cfg=tiny_cfg(default_dataset))
+
+
+def test_advantage_critic_values_stay_where_the_direct_critic_puts_them(data, default_dataset):
+    """The same data and seed, 1,500 steps: the advantage form's V follows the direct form's and stays inside
+    what discounted rewards allow, instead of running off as the first forms did (V as Q's baseline and V fitted
+    to V + A_target: V's mean 84 -> 403 in 500 steps on bench/hopper; V_target as the baseline: -104 against the
+    direct form's -26 at 1,500 steps here, then oscillating to +104)."""
+    cpu = torch.device("cpu")
+    means: dict[str, list[float]] = {}
+    for form in ("direct", "advantage"):
+        cfg = tiny_cfg(default_dataset, **{"critic.q_form": form, "critic.batch_size": 128})
+        stage = CriticStage(cfg, data, cpu)
+        means[form] = [float(stage.step()["v_mean"]) for _ in range(1500)]
+    bound = float(stage.rewards.abs().max()) / (1 - cfg.critic.discount)
+    assert max(abs(v) for v in means["advantage"]) <= bound
+    direct, advantage = means["direct"][-1], means["advantage"][-1]
+    assert abs(advantage - direct) < 0.5 * abs(direct) + 1.0, (direct, advantage)
 
 
 def test_behavior_ema_is_a_moving_average_beside_an_unchanged_training(tmp_path, data, default_dataset):

@@ -38,6 +38,15 @@ class CriticStage(Stage):
             self.v.obs_norm.set_statistics(mean, std)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.modules = {"q": self.q, "q_target": self.q_target, "v": self.v}
+        # advantage form (critic.q_form): the networks hold A and Q = V(s) + A(s, a), V a constant in the Q loss.
+        # V can then no longer be fitted to the target Q (V + A_target - V leaves it no minimum: its mean ran
+        # 84 -> 403 in 500 steps on bench/hopper); it is fitted to the expectile of r + gamma V_target(s') over
+        # the data, V_target its Polyak copy. That is IQL's V where transitions are deterministic (MuJoCo), and
+        # it no longer depends on A, so nothing feeds back.
+        self.v_target = None
+        if c.q_form == "advantage":
+            self.v_target = copy.deepcopy(self.v).requires_grad_(False)
+            self.modules["v_target"] = self.v_target
         # One Adam with a group per network is the same maths as two Adams (Adam is per-parameter) but one
         # fused kernel launch instead of two.
         groups = [{"params": self.q.parameters(), "lr": c.q_lr}, {"params": self.v.parameters(), "lr": c.v_lr}]
@@ -45,7 +54,10 @@ class CriticStage(Stage):
         self.rewards = scale_rewards(data.rewards, data.episode_returns, c.reward_mode, c.reward_scale, c.antmaze_shift)
         self._online = list(self.q.parameters())
         self._target = list(self.q_target.parameters())
-        self._params = self._online + list(self.v.parameters())
+        if self.v_target is not None:  # one Polyak update over both targets
+            self._online += list(self.v.parameters())
+            self._target += list(self.v_target.parameters())
+        self._params = list(self.q.parameters()) + list(self.v.parameters())
         self._grads = (
             CompiledOrEager(self._losses_and_grads, "the critic step") if c.compile else self._losses_and_grads
         )
@@ -56,16 +68,16 @@ class CriticStage(Stage):
         gradients as autograd on v_loss + q_loss; the two losses share no parameters)."""
         c = self.cfg.critic
         # forward_cached: the ReLUs in place (no autograd here); the cached inputs are simply dropped
-        q_t = self.q_target.forward_cached(s, a)[0].min(0).values
+        if self.v_target is None:
+            q_t = self.q_target.forward_cached(s, a)[0].min(0).values
         v_next = self.v.forward_cached(s2)[0]  # V(s') before this step's update, as in the reference
         v, v_inputs = self.v.forward_cached(s)
         q, q_inputs = self.q.forward_cached(s, a)
-        if c.q_form == "advantage":
-            # the networks are A: Q = V(s) + A(s, a) with V a constant in the Q loss, so A fits
-            # r + gamma V(s') - V(s); V's expectile residual Q_target - V is the target advantage itself
-            u, q = q_t, q + v
-        else:
+        if self.v_target is None:
             u = q_t - v
+        else:  # A fits r + gamma V(s') - V(s); V the expectile of r + gamma V_target(s')
+            u = iql_q_target(r, d, self.v_target.forward_cached(s2)[0], c.discount) - v
+            q = q + v
         v_loss, d_u = expectile_loss_and_grad(u, c.expectile)  # u = Q_target - V: dV = -du
         q_loss, d_q = twin_q_loss_and_grad(q, iql_q_target(r, d, v_next, c.discount))
         grads = self.q.backward_cached(d_q, q_inputs) + self.v.backward_cached(d_u.neg_(), v_inputs)

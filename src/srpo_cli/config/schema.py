@@ -92,8 +92,9 @@ class CriticConfig:
     q_form: str = _f(
         "direct",
         "direct: each Q-network fits r + gamma V(s') (the reference); advantage: Q(s, a) = V(s) + A(s, a) with V "
-        "held fixed in the Q loss, so the networks fit only the advantage r + gamma V(s') - V(s) and spend their "
-        "capacity on the action's effect (docs/investigations/cpu-recipe.md)",
+        "a constant in the Q loss, so the networks fit only r + gamma V(s') - V(s), the action's effect, and V "
+        "the expectile of r + gamma V_target(s') (IQL's V where transitions are deterministic; "
+        "docs/investigations/cpu-recipe.md)",
         ("direct", "advantage"),
     )
     expectile: float = _f(0.7, "expectile tau of the V loss (0.7 locomotion, 0.9 antmaze)")
