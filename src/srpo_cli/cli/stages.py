@@ -119,7 +119,7 @@ def extract(
             "--beta",
             metavar="B|auto",
             help="SRPO temperature (larger = greedier), or 'auto': the largest beta whose Q push the behavior "
-            "model's pull matches within extract.auto_beta_distance of the data (a heuristic; see the README).",
+            "model's pull matches within extract.auto_beta_distance of the data (a heuristic; see BENCHMARKS.md).",
         ),
     ] = None,
     dataset: DatasetOpt = None,

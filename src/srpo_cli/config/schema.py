@@ -130,7 +130,9 @@ class ExtractConfig:
         "by the balance probe; the chosen beta replaces extract.beta and is recorded in the checkpoint",
     )
     auto_beta_distance: float = _f(
-        0.2, "the bound of auto_beta: L2 distance off the data's actions in the [-1, 1] action box"
+        0.1,
+        "the bound of auto_beta: L2 distance off the data's actions in the [-1, 1] action box (on "
+        "bench/hopper/medium-v0 scores fell as the balance moved past 0.1; docs/investigations/cpu-recipe.md)",
     )
     steps: int = _f(1_000_000, "gradient steps (paper budget 1M)")
     batch_size: int = _f(256, "states per step")
