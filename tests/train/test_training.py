@@ -593,11 +593,25 @@ def test_layer_norm_critic_round_trip(tmp_path, data, default_dataset):
             assert same == layer_norm
 
 
+def _later_stages_run_on(cfg, data, run_dir, q_t) -> None:
+    """The extraction, AWR and the diffusion baseline all run on the critic in ``run_dir`` (loaded as ``q_t``)."""
+    from srpo_cli.act.policies import DiffusionPolicy
+    from srpo_cli.algos.loading import load_behavior
+
+    cpu = torch.device("cpu")
+    train_actor(cfg, data, run_dir, cpu, quiet=True)
+    train_baseline("awr", cfg, data, run_dir, cpu, quiet=True)
+    behavior, schedule, _ = load_behavior(run_dir / "behavior.safetensors", cpu)
+    policy = DiffusionPolicy(
+        behavior, schedule, q_t, data.action_low, data.action_high, candidates=4, steps=3, device=cpu
+    )
+    assert policy(data.observations[:3].numpy()).shape == (3, data.action_dim)
+
+
 def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
     """critic.n_q = 4: the checkpoint holds four members (and the target's four), the loaded critic gives the
     trained one's values, and the extraction, AWR and the diffusion baseline all run on it."""
-    from srpo_cli.act.policies import DiffusionPolicy
-    from srpo_cli.algos.loading import load_behavior, load_critic
+    from srpo_cli.algos.loading import load_critic
 
     cfg = tiny_cfg(default_dataset, **{"critic.n_q": 4})
     cpu = torch.device("cpu")
@@ -612,13 +626,7 @@ def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path
     torch.testing.assert_close(q_t(s, a), stage.q_target(s, a))
     # members start apart and stay apart (independent initializations, not copies)
     assert (q(s, a)[0] - q(s, a)[3]).abs().max() > 1e-4
-    train_actor(cfg, data, tmp_path, cpu, quiet=True)
-    train_baseline("awr", cfg, data, tmp_path, cpu, quiet=True)
-    behavior, schedule, _ = load_behavior(tmp_path / "behavior.safetensors", cpu)
-    policy = DiffusionPolicy(
-        behavior, schedule, q_t, data.action_low, data.action_high, candidates=4, steps=3, device=cpu
-    )
-    assert policy(data.observations[:3].numpy()).shape == (3, data.action_dim)
+    _later_stages_run_on(cfg, data, tmp_path, q_t)
     from srpo_cli.config import validate
 
     with pytest.raises(UsageError, match="critic.n_q"):
@@ -628,8 +636,7 @@ def test_a_larger_q_ensemble_round_trips_and_feeds_every_stage_after_it(tmp_path
 def test_advantage_critic_loads_as_v_plus_a_and_feeds_every_stage_after_it(tmp_path, data, default_dataset):
     """critic.q_form=advantage travels in the checkpoint: the loaded Q and target Q are V(s) + A(s, a) (what AWR,
     the extraction and the diffusion baseline read), their action gradient is A's, and every stage runs on it."""
-    from srpo_cli.act.policies import DiffusionPolicy
-    from srpo_cli.algos.loading import load_behavior, load_critic
+    from srpo_cli.algos.loading import load_critic
     from srpo_cli.nn.networks import AdvantageQ, EnsembleQ
 
     cfg = tiny_cfg(default_dataset, **{"critic.q_form": "advantage"})
@@ -650,13 +657,7 @@ def test_advantage_critic_loads_as_v_plus_a_and_feeds_every_stage_after_it(tmp_p
     (expected,) = torch.autograd.grad(q_t(s, a_req).min(0).values.sum(), a_req)
     ones = torch.zeros_like(value).scatter_(0, value.argmin(0, keepdim=True), 1.0)
     torch.testing.assert_close(q_t.action_gradient(ones, inputs, data.action_dim), expected)
-    train_actor(cfg, data, tmp_path, cpu, quiet=True)
-    train_baseline("awr", cfg, data, tmp_path, cpu, quiet=True)
-    behavior, schedule, _ = load_behavior(tmp_path / "behavior.safetensors", cpu)
-    policy = DiffusionPolicy(
-        behavior, schedule, q_t, data.action_low, data.action_high, candidates=4, steps=3, device=cpu
-    )
-    assert policy(data.observations[:3].numpy()).shape == (3, data.action_dim)
+    _later_stages_run_on(cfg, data, tmp_path, q_t)
     # a run directory's direct-form critic is not silently reused for an advantage-form configuration
     from srpo_cli.pipeline import stage_plan
 
