@@ -125,10 +125,15 @@ def sweep_cmd(
         return "-" if not v["n"] else f"{v['mean']:.1f} ± {v['std']:.1f}"
 
     for row in rows:
-        cells = [
-            f"[bold]{cell(row['betas'][b])}[/]" if b == row["best_beta"] else cell(row["betas"][b])
-            for b in summary["betas"]
-        ]
+        cells = []
+        for b in summary["betas"]:
+            text = cell(row["betas"][b])
+            if b == "auto":  # the beta each seed's probe chose
+                chosen = row["beta_values"][b]
+                text += " at " + ", ".join(
+                    "-" if v is None else f"{v:.3g}" for v in (chosen if isinstance(chosen, list) else [chosen])
+                )
+            cells.append(f"[bold]{text}[/]" if b == row["best_beta"] else text)
         data = "-" if row["data"] is None else f"{row['data']:.1f}"
         if has_diffusion:
             cells.append(cell(row["diffusion"]) if "diffusion" in row else "-")
