@@ -113,9 +113,27 @@ def _config_from_dict(d: dict[str, Any]):
 def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
     """Run in a Ray worker: train ``stage`` of the run (or reuse it when finished); ``parents`` are the results
     of the stages it reads, passed only so that Ray starts it after them."""
+    return _train_or_reuse(stage, cfg_dict, run_dir, threads, _DataOnce(cfg_dict))
+
+
+class _DataOnce:
+    """The run's transitions, loaded on first use only (a reused stage needs none; an extraction and the balance
+    measured after it share one load)."""
+
+    def __init__(self, cfg_dict: dict):
+        self.cfg, self._data = _config_from_dict(cfg_dict), None
+
+    def __call__(self):
+        from srpo_cli.data.transitions import load_transitions
+
+        if self._data is None:
+            self._data = load_transitions(self.cfg.dataset, "cpu", self.cfg.data.normalize_actions)
+        return self._data
+
+
+def _train_or_reuse(stage: str, cfg_dict: dict, run_dir: str, threads: int, data: _DataOnce) -> dict[str, Any]:
     import torch
 
-    from srpo_cli.data.transitions import load_transitions
     from srpo_cli.pipeline import stage_plan, train_stage
 
     torch.set_num_threads(max(1, threads))
@@ -126,8 +144,7 @@ def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents
     plan = stage_plan(path, getattr(cfg, section).steps, cfg=cfg)
     t0 = time.perf_counter()
     if plan != "skip":
-        data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
-        train_stage(stage, cfg, data, run, torch.device("cpu"), resume=plan == "resume", quiet=True)
+        train_stage(stage, cfg, data(), run, torch.device("cpu"), resume=plan == "resume", quiet=True)
     return {"stage": stage, "plan": plan, "wall_s": time.perf_counter() - t0, "train_s": _training_wall(run, stage)}
 
 
@@ -173,16 +190,15 @@ def _extract_task(cfg_dict: dict, run_dir: str, beta_dir: str, threads: int, *pa
     import torch
 
     from srpo_cli.algos.extract import run_balance
-    from srpo_cli.data.transitions import load_transitions
     from srpo_cli.train.checkpoint import load_checkpoint
 
     _link_parents(Path(run_dir), Path(beta_dir))
-    result = _stage_task("extract", cfg_dict, beta_dir, threads)
+    data = _DataOnce(cfg_dict)
+    result = _train_or_reuse("extract", cfg_dict, beta_dir, threads, data)
     cfg = _config_from_dict(cfg_dict)
     # the beta the actor was trained at: the configured one, or the one auto_beta chose
     cfg.extract.beta = float(load_checkpoint(Path(beta_dir) / artifacts.ACTOR, "actor").config["extract"]["beta"])
-    data = load_transitions(cfg.dataset, "cpu", cfg.data.normalize_actions)
-    result["balance"] = run_balance(cfg, data, Path(beta_dir), torch.device("cpu")).balance_step
+    result["balance"] = run_balance(cfg, data(), Path(beta_dir), torch.device("cpu")).balance_step
     result["beta"] = cfg.extract.beta
     return result
 
@@ -268,7 +284,7 @@ def run_sweep(
     extract = ray.remote(_extract_task).options(**opts)
     evaluate = ray.remote(_eval_task).options(**opts)
     tasks: list[Task] = []
-    beta_dirs: dict[tuple[str, int], dict[float, tuple[dict, Path]]] = {}
+    beta_dirs: dict[tuple[str, int], dict[float | str, tuple[dict, Path]]] = {}
     try:
         for (dataset, seed), cfg in cfgs.items():
             run = cfg.resolved_run_dir()
@@ -424,6 +440,16 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
 
 
+def chosen_betas(row: dict[str, Any], key: str) -> str:
+    """' at 0.012, 0.015' for the 'auto' column (the beta each seed's probe chose); '' for any other."""
+    if key != AUTO_BETA:
+        return ""
+    chosen = row["beta_values"][key]
+    return " at " + ", ".join(
+        "-" if v is None else f"{v:.3g}" for v in (chosen if isinstance(chosen, list) else [chosen])
+    )
+
+
 def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str, Path]:
     """``sweep.md`` (a table with the best beta per dataset in bold), ``sweep.json`` and ``sweep.png`` (score
     against beta with the spread over seeds) in ``out``."""
@@ -476,10 +502,7 @@ def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str,
         cells = []
         for b in keys:
             text = fmt(row["betas"][b])
-            if b == AUTO_BETA:
-                chosen = row["beta_values"][b]
-                chosen = chosen if isinstance(chosen, list) else [chosen]
-                text += " at " + ", ".join("-" if v is None else f"{v:.3g}" for v in chosen)
+            text += chosen_betas(row, b)
             cells.append(f"**{text}**" if b == row["best_beta"] else text)
         if has_diffusion:
             cells.append(fmt(row["diffusion"]) if "diffusion" in row else "-")

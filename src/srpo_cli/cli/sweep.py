@@ -66,7 +66,7 @@ def sweep_cmd(
     and evaluate all; writes OUT/sweep.md, sweep.json and sweep.png (score against beta, best beta marked).
     The published benchmark tables are sweeps: see reproductions/bench_tables.sh."""
     from srpo_cli import config
-    from srpo_cli.sweep import parse_betas, parse_seeds, run_sweep, write_results
+    from srpo_cli.sweep import chosen_betas, parse_betas, parse_seeds, run_sweep, write_results
 
     ids = [d.strip() for d in datasets.split(",") if d.strip()]
     if not ids:
@@ -127,12 +127,7 @@ def sweep_cmd(
     for row in rows:
         cells = []
         for b in summary["betas"]:
-            text = cell(row["betas"][b])
-            if b == "auto":  # the beta each seed's probe chose
-                chosen = row["beta_values"][b]
-                text += " at " + ", ".join(
-                    "-" if v is None else f"{v:.3g}" for v in (chosen if isinstance(chosen, list) else [chosen])
-                )
+            text = cell(row["betas"][b]) + chosen_betas(row, b)
             cells.append(f"[bold]{text}[/]" if b == row["best_beta"] else text)
         data = "-" if row["data"] is None else f"{row['data']:.1f}"
         if has_diffusion:
