@@ -65,8 +65,10 @@ def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_data
         assert own["balance"][beta] == [expected.balance_step]
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*.safetensors")}
     # again, only the dataset that exists, while another Ray instance runs on this machine (the sweep starts its
-    # own instead of joining that one): every stage is reused, nothing retrained; training times are kept
+    # own instead of joining that one): every stage is reused, nothing retrained; training times are kept.
+    # With extract.auto_beta set, 'preset' is the probe's beta: the same extraction as 'auto', reused
     args[2] = default_dataset
+    args.append("--set=extract.auto_beta=true")
     other = subprocess.Popen(
         [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); print('up', flush=True); "
          "time.sleep(600)"],
@@ -83,6 +85,10 @@ def test_a_sweep_on_local_ray_reports_failures_and_resumes(workdir, default_data
     again = json.loads((out / "sweep.json").read_text())
     assert again["wall_s_per_stage"] == {}  # no stage trained
     assert again["rows"][0]["train_s"] == own["train_s"]
+    assert again["rows"][0]["beta_values"]["preset"] == chosen == again["rows"][0]["beta_values"]["auto"]
+    assert again["rows"][0]["betas"]["preset"] == own["betas"]["auto"]
+    table = (out / "sweep.md").read_text()
+    assert "SRPO beta=preset (auto)" in table and table.count(f"at {chosen:.3g}") == 2
     # a finished stage trained with other settings is refused, not silently reused
     r = CliRunner().invoke(app, [*args, "--set", "critic.expectile=0.8"])
     assert r.exit_code == 1

@@ -255,9 +255,14 @@ def run_sweep(
         return resolve(flags, preset=preset, config_path=_NO_CONFIG_FILE, environ={})
 
     cfgs = {(dataset, seed): configure(dataset, seed) for dataset in datasets for seed in seeds}
-    # each key's beta per run: 'preset' is the run's own configured beta, which may equal a listed one
+
+    # each key's beta per run: 'preset' is the run's own configured beta, which may equal a listed one, or
+    # 'auto' where the run's configuration chooses it (extract.auto_beta)
+    def preset_beta(cfg):
+        return AUTO_BETA if cfg.extract.auto_beta else cfg.extract.beta
+
     beta_values = {
-        run: {k: cfg.extract.beta if k == PRESET_BETA else k if k == AUTO_BETA else float(k) for k in keys}
+        run: {k: preset_beta(cfg) if k == PRESET_BETA else k if k == AUTO_BETA else float(k) for k in keys}
         for run, cfg in cfgs.items()
     }
     started_here = not ray.is_initialized() and address is None
@@ -384,7 +389,8 @@ def summarize(
                 for s, v in zip(seeds, values, strict=True)
             ]
             done = [t.result if t is not None and t.state == "done" else {} for t in extractions]
-            if key == AUTO_BETA:  # the beta each seed's probe chose
+            if AUTO_BETA in values:  # the beta each seed's probe chose
+                entry.setdefault("auto_keys", []).append(key)
                 values = [r.get("beta") for r in done]
             entry["beta_values"][key] = values[0] if len(set(values)) == 1 else values
             entry["balance"][key] = [r.get("balance") for r in done]
@@ -441,8 +447,9 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def chosen_betas(row: dict[str, Any], key: str) -> str:
-    """' at 0.012, 0.015' for the 'auto' column (the beta each seed's probe chose); '' for any other."""
-    if key != AUTO_BETA:
+    """' at 0.012, 0.015' for a column whose beta the probe chose ('auto', or 'preset' where the preset sets
+    extract.auto_beta): the beta each seed's probe chose; '' for any other."""
+    if key not in row.get("auto_keys", ()):
         return ""
     chosen = row["beta_values"][key]
     return " at " + ", ".join(
@@ -476,7 +483,7 @@ def write_results(summary: dict[str, Any], out: Path, command: str) -> dict[str,
             return f"SRPO beta={key}"
         if key == AUTO_BETA:  # chosen per run: shown in the rows
             return "SRPO beta=auto"
-        values = {json.dumps(r["beta_values"][key]) for r in rows}
+        values = {"auto" if key in r.get("auto_keys", ()) else json.dumps(r["beta_values"][key]) for r in rows}
         return f"SRPO beta=preset ({', '.join(sorted(values))})"
 
     lines = [

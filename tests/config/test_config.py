@@ -43,9 +43,10 @@ def test_defaults_are_the_reference_code_s():
 
 
 def test_precedence_flag_env_file_preset_default(tmp_path):
-    preset = "bench-hopper-medium"  # sets extract.beta 0.05, critic.steps 150000
+    preset = "bench-hopper-medium"  # sets extract.beta 0, critic.steps 150000 (the default beta is 0.05)
     cfg = _resolve(tmp_path, preset=preset)
-    assert cfg.extract.beta == 0.05 and cfg.critic.steps == 150_000
+    assert cfg.extract.beta == 0.0 and cfg.critic.steps == 150_000
+    assert (cfg.behavior.n_blocks, cfg.behavior.block_expansion, cfg.behavior.steps) == (2, 1, 336_000)
     cfg = _resolve(tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}, "critic": {"steps": 7}})
     assert cfg.extract.beta == 0.3 and cfg.critic.steps == 7
     cfg = _resolve(tmp_path, preset=preset, file_tree={"extract": {"beta": 0.3}}, environ={"SRPO_EXTRACT__BETA": "0.4"})
@@ -173,7 +174,7 @@ def test_written_yaml_does_not_freeze_presets(tmp_path):
     from_file = config.resolve({}, config_path=path, environ={})
     assert from_file.to_dict() == default.to_dict()
     hopper = config.resolve({"dataset": "bench/hopper/medium-v0"}, config_path=path, environ={})
-    assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 115_000  # ...but the bench preset applies
+    assert hopper.critic.q_lr == 3e-4 and hopper.behavior.steps == 336_000  # ...but the bench preset applies
 
 
 def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
@@ -189,7 +190,9 @@ def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
         return cfg, notes
 
     cfg, notes = warned(other)
-    assert cfg.extract.beta == 0.05  # the documented precedence still holds: the pinned preset applies...
+    assert (
+        cfg.extract.beta == 0.0
+    )  # (not halfcheetah's 0.2) the documented precedence still holds: the pinned preset applies...
     assert len(notes) == 1 and "bench/hopper/medium-v0" in notes[0] and "--preset bench-halfcheetah-medium" in notes[0]
     assert str(path) in notes[0]  # ...and the warning names where it came from
     assert warned({"dataset": "bench/hopper/medium-v0"})[1] == []
