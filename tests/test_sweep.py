@@ -103,3 +103,37 @@ def test_sweep_rejects_bad_betas_and_seeds(workdir):
                           (["--betas", "-1"], "not a beta"), (["--seeds", "0-x"], "--seeds")):  # fmt: skip
         r = CliRunner().invoke(app, ["sweep", "--datasets", "a/b-v0", *flags])
         assert r.exit_code == 2 and needle in r.output, r.output
+
+
+def test_sigterm_stops_a_sweep_with_a_checkpoint_of_every_running_stage(workdir, default_dataset):
+    # Without the driver's cancel, Ray kills the workers and a stage loses everything since its last periodic
+    # checkpoint: here there is none before step 100000, so any checkpoint on disk is the stop's own.
+    import os
+    import signal
+    import time
+
+    out = workdir / "sweep"
+    long = ["--set=behavior.steps=200000", "--set=critic.steps=200000", "--set=behavior.ckpt_every=100000",
+            "--set=critic.ckpt_every=100000", "--set=behavior.log_every=100", "--set=critic.log_every=100"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srpo_cli", "sweep", "--datasets", default_dataset, "--seeds", "0", "--betas", "0.1",
+         "--out", str(out), "--threads", "2", "--quiet", *long],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    run = out / "runs" / "srpo-pendulum-scripted-medium-v0" / "seed0"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not all(
+            (run / "metrics" / f"{s}.csv").exists() and len((run / "metrics" / f"{s}.csv").read_text().splitlines()) > 2
+            for s in ("behavior", "critic")
+        ):
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Sweep stopped" in err and "Traceback" not in err
+    for stage in ("behavior", "critic"):
+        step = int(load_checkpoint(run / f"{stage}.safetensors").meta["step"])
+        assert 0 < step < 100_000 and (run / f"{stage}.state.pt").exists()

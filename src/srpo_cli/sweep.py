@@ -33,7 +33,7 @@ import numpy as np
 
 from srpo_cli import artifacts
 from srpo_cli.config import resolve
-from srpo_cli.errors import RuntimeFailure, UsageError
+from srpo_cli.errors import Interrupted, RuntimeFailure, UsageError
 
 _NO_CONFIG_FILE = Path(os.devnull) / "srpo.yaml"  # a sweep is configured by its arguments alone
 
@@ -346,8 +346,37 @@ def run_sweep(
 
 
 def _wait(ray: Any, tasks: list[Task], on_update: Callable[[list[Task]], None] | None) -> None:
-    """Collect every task's result as it finishes; a failure is recorded with its error, not raised."""
+    """Collect every task's result as it finishes; a failure is recorded with its error, not raised. Ctrl-C or
+    SIGTERM stops the sweep: each running stage is cancelled the way Ctrl-C stops a stage (it finishes its step
+    and checkpoints), so that the same command continues it; without this, Ray would kill the workers with
+    everything since their last periodic checkpoint."""
+    import signal
+    import threading
+
     pending = {t.ref: t for t in tasks}
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _collect(ray, tasks, pending, on_update)
+    except KeyboardInterrupt:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough while the stages checkpoint
+        for ref in pending:
+            ray.cancel(ref, force=False, recursive=False)
+        ray.wait(list(pending), num_returns=len(pending), timeout=120.0)
+        raise Interrupted(
+            "Sweep stopped; the stages that were training wrote a checkpoint.",
+            "Run the same command again to continue: finished stages are reused, stopped ones resume.",
+        ) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _collect(ray: Any, tasks: list[Task], pending: dict, on_update: Callable[[list[Task]], None] | None) -> None:
     while pending:
         if on_update:
             on_update(tasks)
