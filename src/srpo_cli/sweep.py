@@ -113,15 +113,16 @@ def _config_from_dict(d: dict[str, Any]):
 def _stage_task(stage: str, cfg_dict: dict, run_dir: str, threads: int, *parents: Any) -> dict[str, Any]:
     """Run in a Ray worker: train ``stage`` of the run (or reuse it when finished); ``parents`` are the results
     of the stages it reads, passed only so that Ray starts it after them."""
-    return _train_or_reuse(stage, cfg_dict, run_dir, threads, _DataOnce(cfg_dict))
+    cfg = _config_from_dict(cfg_dict)
+    return _train_or_reuse(stage, cfg, run_dir, threads, _DataOnce(cfg))
 
 
 class _DataOnce:
     """The run's transitions, loaded on first use only (a reused stage needs none; an extraction and the balance
     measured after it share one load)."""
 
-    def __init__(self, cfg_dict: dict):
-        self.cfg, self._data = _config_from_dict(cfg_dict), None
+    def __init__(self, cfg):
+        self.cfg, self._data = cfg, None
 
     def __call__(self):
         from srpo_cli.data.transitions import load_transitions
@@ -131,13 +132,12 @@ class _DataOnce:
         return self._data
 
 
-def _train_or_reuse(stage: str, cfg_dict: dict, run_dir: str, threads: int, data: _DataOnce) -> dict[str, Any]:
+def _train_or_reuse(stage: str, cfg, run_dir: str, threads: int, data: _DataOnce) -> dict[str, Any]:
     import torch
 
     from srpo_cli.pipeline import stage_plan, train_stage
 
     torch.set_num_threads(max(1, threads))
-    cfg = _config_from_dict(cfg_dict)
     run = Path(run_dir)
     path = run / artifacts.STAGE_FILES[stage]
     section = {"extract": "extract", "behavior": "behavior", "critic": "critic"}.get(stage, "baseline")
@@ -193,9 +193,9 @@ def _extract_task(cfg_dict: dict, run_dir: str, beta_dir: str, threads: int, *pa
     from srpo_cli.train.checkpoint import load_checkpoint
 
     _link_parents(Path(run_dir), Path(beta_dir))
-    data = _DataOnce(cfg_dict)
-    result = _train_or_reuse("extract", cfg_dict, beta_dir, threads, data)
     cfg = _config_from_dict(cfg_dict)
+    data = _DataOnce(cfg)
+    result = _train_or_reuse("extract", cfg, beta_dir, threads, data)
     # the beta the actor was trained at: the configured one, or the one auto_beta chose
     cfg.extract.beta = float(load_checkpoint(Path(beta_dir) / artifacts.ACTOR, "actor").config["extract"]["beta"])
     result["balance"] = run_balance(cfg, data(), Path(beta_dir), torch.device("cpu")).balance_step
