@@ -254,7 +254,9 @@ def record_eval(run_dir: Path, policy: str, res: EvalResult, cfg: RunConfig) -> 
 
 
 # Fields that change logging, checkpoint cadence, speed or the length of the run, not what a stage computes.
-_BOOKKEEPING = {"log_every", "ckpt_every", "compile", "eval_every", "eval_episodes", "steps"}
+# bf16 is one: a CPU without bf16 arithmetic trains in fp32 whatever the configuration says
+# (train.device.without_emulated_bf16), and a run may move between machines.
+_BOOKKEEPING = {"log_every", "ckpt_every", "compile", "eval_every", "eval_episodes", "steps", "bf16", "bf16_behavior"}
 
 
 _SECTION_OF_STAGE = {

@@ -739,6 +739,48 @@ def test_config_differences_name_what_a_stage_computes(trained, default_dataset)
     assert config_differences(stored, tiny_cfg(default_dataset, seed=3), "critic") == ["seed is 0 there, 3 here"]
 
 
+def test_bf16_on_a_cpu_that_would_emulate_it_trains_in_fp32_and_says_so(
+    tmp_path, trained, data, default_dataset, monkeypatch, capsys
+):
+    """A CPU without bf16 arithmetic emulates it 10-20x slower than fp32 (AVX2-only x86): a preset's bf16 must
+    not turn its hour into a day there. The stages train in fp32 (the same weights as an fp32 run), warn on
+    stderr, record fp32, and the same bf16 configuration then reuses those checkpoints instead of refusing."""
+    import srpo_cli.train.device as device_mod
+    from srpo_cli.pipeline import stage_plan
+
+    cpu = torch.device("cpu")
+    run, _, _ = trained
+    asked = tiny_cfg(default_dataset, **{"behavior.bf16": True, "extract.bf16_behavior": True})
+    monkeypatch.setattr(device_mod, "emulates_bf16", lambda device: device.type == "cpu")
+    out = tmp_path / "emulated"
+    out.mkdir()
+    train_behavior(asked, data, out, cpu)
+    shutil.copy(run / "critic.safetensors", out / "critic.safetensors")
+    train_actor(asked, data, out, cpu)
+    err = capsys.readouterr().err
+    assert "behavior.bf16 is on, but this CPU has no bf16 arithmetic" in " ".join(err.split())
+    assert "extract.bf16_behavior is on" in " ".join(err.split())
+    assert asked.behavior.bf16 and asked.extract.bf16_behavior  # the caller's configuration is left as it was
+
+    fp32 = tiny_cfg(default_dataset)
+    train_behavior(fp32, data, tmp_path / "fp32", cpu, quiet=True)
+    shutil.copy(run / "critic.safetensors", tmp_path / "fp32" / "critic.safetensors")
+    train_actor(fp32, data, tmp_path / "fp32", cpu, quiet=True)
+    for name, section, key in (("behavior", "behavior", "bf16"), ("actor", "extract", "bf16_behavior")):
+        ckpt = load_checkpoint(out / f"{name}.safetensors")
+        assert ckpt.config[section][key] is False
+        ref = _tensors(tmp_path / "fp32" / f"{name}.safetensors")
+        for k, v in ckpt.tensors.items():
+            assert torch.equal(v, ref[k]), (name, k)
+        assert stage_plan(out / f"{name}.safetensors", 30, cfg=asked) == "skip"  # reused, not refused
+
+    monkeypatch.setattr(device_mod, "emulates_bf16", lambda device: False)
+    cfg, note = device_mod.without_emulated_bf16(asked, cpu, "behavior.bf16")
+    assert cfg is asked and note is None  # where bf16 is native it stays on
+    monkeypatch.undo()
+    assert device_mod.emulates_bf16(torch.device("cuda")) is False  # GPUs have bf16; only CPUs are checked
+
+
 def test_compiled_critic_and_extraction_train_like_eager(tmp_path, trained, data, default_dataset, device):
     """critic.compile compiles the whole no-grad gradient computation and extract.compile folds the frozen
     behavior net's weights in as constants: neither may freeze what trains (the critic's weights) nor

@@ -13,7 +13,9 @@ from srpo_cli.config import RunConfig
 from srpo_cli.data.transitions import Transitions
 from srpo_cli.nn.compile import CompiledOrEager
 from srpo_cli.nn.diffusion import ScoreNet, VPSchedule, eps_loss
-from srpo_cli.train.loop import Stage, fit
+from srpo_cli.train.device import without_emulated_bf16
+from srpo_cli.train.distributed import is_main
+from srpo_cli.train.loop import Stage, fit, stderr
 from srpo_cli.train.optim import optim_kwargs, optimizer_step
 
 
@@ -78,6 +80,9 @@ def train_behavior(
     stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train the behavior model; writes ``run_dir/behavior.safetensors``. Returns a summary."""
+    cfg, note = without_emulated_bf16(cfg, device, "behavior.bf16")
+    if note and not quiet and is_main():
+        stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
     stage = BehaviorStage(cfg, data, device)
     c = cfg.behavior
     return fit(

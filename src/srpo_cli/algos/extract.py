@@ -22,6 +22,8 @@ from srpo_cli.nn.compile import CompiledOrEager
 from srpo_cli.nn.diffusion import VPSchedule
 from srpo_cli.nn.networks import EnsembleQ, TanhActor
 from srpo_cli.train.checkpoint import load_checkpoint, sha256_file
+from srpo_cli.train.device import without_emulated_bf16
+from srpo_cli.train.distributed import is_main
 from srpo_cli.train.loop import Stage, fit, stderr
 from srpo_cli.train.optim import optim_kwargs, optimizer_step
 
@@ -350,6 +352,7 @@ def stage_balance(
 
 def run_balance(cfg: RunConfig, data: Transitions, run_dir: Path, device: torch.device) -> Balance:
     """``stage_balance`` for the behavior model and critic in ``run_dir`` (a finished run's, for tables)."""
+    cfg, _ = without_emulated_bf16(cfg, device, "extract.bf16_behavior")
     behavior, schedule, _ = load_behavior(Path(run_dir) / artifacts.BEHAVIOR, device)
     _, q_target, _, _ = load_critic(Path(run_dir) / artifacts.CRITIC, device)
     return stage_balance(behavior, q_target, schedule, data.to(device), cfg)
@@ -371,6 +374,9 @@ def train_actor(
     ``evaluator(actor)``: the function ``extract.eval_every`` calls with the step to score the actor in
     training (acting lives in a layer above this one; ``pipeline.train_stage`` passes
     ``act.evaluate.periodic_eval_hook``)."""
+    cfg, note = without_emulated_bf16(cfg, device, "extract.bf16_behavior")
+    if note and not quiet and is_main():
+        stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
     if cfg.extract.auto_beta:
         cfg = copy.deepcopy(cfg)  # the chosen beta is this stage's, not the caller's configuration
     stage = ExtractStage(cfg, data, device, run_dir)

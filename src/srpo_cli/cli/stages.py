@@ -56,7 +56,8 @@ def pretrain_behavior(
         bool | None,
         typer.Option(
             "--bf16/--no-bf16",
-            help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX; slower on an H200 at these sizes).",
+            help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX, fp32 on CPUs without; slower on an H200 "
+            "at these sizes).",
         ),
     ] = None,
     threads: ThreadsOpt = None,

@@ -58,7 +58,11 @@ class BehaviorConfig:
     fourier_dim: int = _f(32, "number of fixed Gaussian Fourier frequencies for the time embedding")
     fourier_scale: float = _f(30.0, "std of the Fourier frequencies")
     time_dim: int = _f(128, "width of the learned time embedding")
-    bf16: bool = _f(False, "bf16 autocast for forward/backward (weights and optimizer stay fp32)")
+    bf16: bool = _f(
+        False,
+        "bf16 autocast for forward/backward (weights and optimizer stay fp32); a CPU without AVX512-BF16 or AMX "
+        "would emulate it 10-20x slower, so there the stage trains in fp32 and says so",
+    )
     compile: bool = _f(False, "wrap the network in torch.compile")
     fused_mish: bool = _f(
         True,
@@ -150,7 +154,9 @@ class ExtractConfig:
         "mean", "combine the target Qs (critic.n_q) for the gradient: mean (reference) or min", ("mean", "min")
     )
     normalize_q_grad: bool = _f(False, "divide the Q gradient by its per-sample RMS (antmaze)")
-    bf16_behavior: bool = _f(False, "bf16 autocast on the frozen behavior net's forward pass")
+    bf16_behavior: bool = _f(
+        False, "bf16 autocast on the frozen behavior net's forward pass (fp32 on a CPU that would emulate it)"
+    )
     compile: bool = _f(
         False,
         "torch.compile the step from the behavior net to the actor's gradients as one graph, the frozen behavior "

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import platform
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from srpo_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from srpo_cli.config import RunConfig
 
 _MALLOC_TUNED = False
 
@@ -87,3 +93,40 @@ def busy_cores_warning(threads: int, load: float | None = None, cores: int | Non
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def emulates_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU without bf16 arithmetic, where torch emulates it in software.
+
+    On such a CPU bf16 autocast is no speed-up but a slowdown: on a 2-core AVX2 AMD EPYC (no AVX-512) one
+    behavior-training thread ran 22.6 steps/s in fp32 and 1.1 in bf16 on the paper's network, 74 and 6.7 on
+    a small one (docs/investigations/bf16-without-native-support.md). x86 has it with AVX512-BF16 or AMX;
+    elsewhere oneDNN's own check decides. GPUs have it."""
+    if device.type != "cpu":
+        return False
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a torch without these checks: keep what was asked for
+        return False
+
+
+# The config fields that turn on bf16 autocast, each a speed choice (weights and optimizer stay fp32).
+BF16_FIELDS = ("behavior.bf16", "extract.bf16_behavior")
+
+
+def without_emulated_bf16(cfg: RunConfig, device: torch.device, field: str) -> tuple[RunConfig, str | None]:
+    """``cfg`` with bf16 ``field`` (one of ``BF16_FIELDS``) turned off where ``device`` would only emulate
+    it, and a warning that says so; otherwise ``cfg`` itself and None. The stage's checkpoint then records the
+    fp32 it trained in (the resume and reuse checks treat these fields as speed settings, like compile)."""
+    section, key = field.split(".")
+    if not getattr(getattr(cfg, section), key) or not emulates_bf16(device):
+        return cfg, None
+    cfg = copy.deepcopy(cfg)
+    setattr(getattr(cfg, section), key, False)
+    return cfg, (
+        f"{field} is on, but this CPU has no bf16 arithmetic (no AVX512-BF16 or AMX), so torch would emulate it, "
+        "10-20x slower than fp32: this stage runs in fp32 instead (its checkpoint records it). bf16 pays on "
+        "CPUs with AVX512-BF16 or AMX and on GPUs."
+    )
