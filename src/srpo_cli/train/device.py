@@ -112,12 +112,8 @@ def emulates_bf16(device: torch.device) -> bool:
         return False
 
 
-# The config fields that turn on bf16 autocast, each a speed choice (weights and optimizer stay fp32).
-BF16_FIELDS = ("behavior.bf16", "extract.bf16_behavior")
-
-
 def without_emulated_bf16(cfg: RunConfig, device: torch.device, field: str) -> tuple[RunConfig, str | None]:
-    """``cfg`` with bf16 ``field`` (one of ``BF16_FIELDS``) turned off where ``device`` would only emulate
+    """``cfg`` with bf16 ``field`` ("behavior.bf16" or "extract.bf16_behavior") turned off where ``device`` would only emulate
     it, and a warning that says so; otherwise ``cfg`` itself and None. The stage's checkpoint then records the
     fp32 it trained in (the resume and reuse checks treat these fields as speed settings, like compile)."""
     section, key = field.split(".")
