@@ -180,7 +180,7 @@ def test_written_yaml_does_not_freeze_presets(tmp_path):
 def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
     """A 'preset:' line left in srpo.yaml applies to every dataset; say so when it was made for another one."""
     path = tmp_path / "srpo.yaml"
-    path.write_text(yaml.safe_dump({"preset": "bench-hopper-medium-expert"}))
+    path.write_text(yaml.safe_dump({"preset": "hopper-medium-expert"}))
     none = tmp_path / "none.yaml"
     other = {"dataset": "bench/halfcheetah/medium-v0"}
 
@@ -190,13 +190,13 @@ def test_a_pinned_preset_for_another_dataset_is_warned_about(tmp_path):
         return cfg, notes
 
     cfg, notes = warned(other)
-    # (not halfcheetah's 0.0) the documented precedence still holds: the pinned preset applies...
-    assert cfg.extract.beta == 0.01 and cfg.behavior.steps == 60_000
-    assert "bench/hopper/medium-expert-v0" in notes[0] and "--preset bench-halfcheetah-medium" in notes[0]
+    # (not the bench preset's beta 0 and 336k steps) the documented precedence still holds: the pinned preset applies...
+    assert cfg.extract.beta == 0.01 and cfg.behavior.steps != 336_000 and cfg.baseline.temperature == 3.0
+    assert "d4rl/hopper/medium-expert-v2" in notes[0] and "--preset bench-halfcheetah-medium" in notes[0]
     assert len(notes) == 1 and str(path) in notes[0]  # ...and the warning names where it came from
-    assert warned({"dataset": "bench/hopper/medium-expert-v0"})[1] == []
+    assert warned({"dataset": "d4rl/hopper/medium-expert-v2"})[1] == []
     # chosen on the command line, or by the dataset itself: the user asked for it, no warning
-    assert warned(other, preset="bench-hopper-medium-expert", config_path=none)[1] == []
+    assert warned(other, preset="hopper-medium-expert", config_path=none)[1] == []
     assert warned(other, config_path=none)[1] == []
     notes = warned(other, config_path=none, environ={"SRPO_PRESET": "bench-hopper-medium"})[1]
     assert len(notes) == 1 and "unset SRPO_PRESET" in notes[0]
